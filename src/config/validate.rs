@@ -1,0 +1,165 @@
+//! Checks a parsed [`Config`] for everything its types cannot express.
+//! Every problem is collected; none stops the others from being found.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use super::{Config, Problem};
+
+/// The plugin names this build knows.
+pub(super) const KNOWN_PLUGINS: &[&str] = &["call_log"];
+
+/// Returns every problem in `config`, in key order.
+pub fn validate(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut problem = |path: &str, message: String| {
+        problems.push(Problem {
+            path: path.to_owned(),
+            message,
+        })
+    };
+    let server = &config.server;
+    if server.listen.parse::<SocketAddr>().is_err() {
+        problem(
+            "server.listen",
+            format!("{:?} is not an address like 127.0.0.1:8080", server.listen),
+        );
+    }
+    if !server.mcp_path.starts_with('/') {
+        problem(
+            "server.mcp_path",
+            format!("{:?} must start with '/'", server.mcp_path),
+        );
+    }
+    for (i, origin) in server.allowed_origins.iter().enumerate() {
+        if origin != "*" && reqwest::Url::parse(origin).is_err() {
+            problem(
+                &format!("server.allowed_origins[{i}]"),
+                format!("{origin:?} is not an origin like https://app.example.com, or \"*\""),
+            );
+        }
+    }
+    for (key, value) in [
+        ("server.max_message_bytes", server.max_message_bytes as u64),
+        ("server.max_sessions", server.max_sessions as u64),
+        (
+            "server.session_idle_timeout_secs",
+            server.session_idle_timeout_secs,
+        ),
+        ("server.request_timeout_secs", server.request_timeout_secs),
+    ] {
+        if value == 0 {
+            problem(key, "must be greater than 0".into());
+        }
+    }
+    let upstream = &config.upstream;
+    match (&upstream.command, &upstream.url) {
+        (None, None) => problem(
+            "upstream",
+            "set either `command` (a stdio MCP server) or `url` (a Streamable HTTP MCP server)"
+                .into(),
+        ),
+        (Some(_), Some(_)) => problem(
+            "upstream",
+            "set only one of `command` and `url`, not both".into(),
+        ),
+        (Some(command), None) => {
+            if command.trim().is_empty() {
+                problem("upstream.command", "must not be empty".into());
+            }
+            if !upstream.headers.is_empty() {
+                problem(
+                    "upstream.headers",
+                    "headers apply to a `url` upstream only".into(),
+                );
+            }
+        }
+        (None, Some(url)) => {
+            match reqwest::Url::parse(url) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+                _ => problem(
+                    "upstream.url",
+                    format!("{url:?} is not an http:// or https:// URL"),
+                ),
+            }
+            if !upstream.args.is_empty() || !upstream.env.is_empty() || upstream.cwd.is_some() {
+                problem(
+                    "upstream",
+                    "`args`, `env` and `cwd` apply to a `command` upstream only".into(),
+                );
+            }
+        }
+    }
+    for (name, value) in &upstream.headers {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            problem(
+                &format!("upstream.headers.{name}"),
+                "is not a valid HTTP header name".into(),
+            );
+        } else if http::HeaderValue::from_str(value).is_err() {
+            problem(
+                &format!("upstream.headers.{name}"),
+                "the value has characters not allowed in an HTTP header".into(),
+            );
+        }
+    }
+    if upstream.restart_backoff_initial_ms > upstream.restart_backoff_max_ms {
+        problem(
+            "upstream.restart_backoff_initial_ms",
+            "must not exceed restart_backoff_max_ms".into(),
+        );
+    }
+    let mut seen = Vec::new();
+    for (i, name) in config.plugins.order.iter().enumerate() {
+        let path = format!("plugins.order[{i}]");
+        if !KNOWN_PLUGINS.contains(&name.as_str()) {
+            problem(
+                &path,
+                format!(
+                    "unknown plugin {name:?}; known: {}",
+                    KNOWN_PLUGINS.join(", ")
+                ),
+            );
+        } else if seen.contains(&name) {
+            problem(&path, format!("plugin {name:?} is listed twice"));
+        }
+        seen.push(name);
+    }
+    problems
+}
+
+/// Finds the program an upstream `command` names: a path as given, or the
+/// first executable match on `PATH`. `cwd` is where a relative path is
+/// resolved.
+pub fn resolve_command(command: &str, cwd: Option<&Path>) -> Option<PathBuf> {
+    let is_executable = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if command.contains('/') {
+        let path = match cwd {
+            Some(dir) if Path::new(command).is_relative() => dir.join(command),
+            _ => PathBuf::from(command),
+        };
+        return is_executable(&path).then_some(path);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(command))
+            .find(|p| is_executable(p))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_resolve_on_path() {
+        assert!(resolve_command("sh", None).is_some());
+        assert!(resolve_command("/bin/sh", None).is_some());
+        assert!(resolve_command("surely-not-a-command-xyz", None).is_none());
+        assert!(resolve_command("./nope", Some(Path::new("/"))).is_none());
+    }
+}
