@@ -7,11 +7,12 @@ mod registry;
 mod session;
 mod settings;
 mod stack;
+mod stateless;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcp_meter_plugin::TransportKind;
+use mcp_meter_plugin::{BoxMcpService, ProxyError, TransportKind};
 use tokio_util::sync::CancellationToken;
 
 pub use registry::{SessionRegistry, SessionsFull};
@@ -46,6 +47,9 @@ pub struct Proxy {
     settings: Arc<SessionSettings>,
     sessions: SessionRegistry,
     shutdown: CancellationToken,
+    /// The plugin stack around [`stateless::StatelessForward`], shared by all
+    /// stateless (2026-07-28) requests.
+    stateless_stack: BoxMcpService,
 }
 
 /// The readiness of the upstream, for `/readyz`.
@@ -101,11 +105,16 @@ impl Proxy {
             max_buffered_messages: config.server.max_buffered_messages,
             plugins: plugins_from_config(&config.plugins),
         });
+        let stateless_stack = settings.plugins.iter().rev().fold(
+            BoxMcpService::new(stateless::StatelessForward::new(settings.clone())),
+            |inner, plugin| plugin.wrap(inner),
+        );
         Ok(Arc::new(Self {
             sessions: SessionRegistry::new(config.server.max_sessions),
             config: Arc::new(config),
             settings,
             shutdown: CancellationToken::new(),
+            stateless_stack,
         }))
     }
 
@@ -134,6 +143,27 @@ impl Proxy {
             tracing::debug!(session = %id, ?transport, "session opened");
             Session::new(id, transport, self.settings.clone(), downstream)
         })
+    }
+
+    /// The plugin stack for stateless (2026-07-28) requests, which belong
+    /// to no session.
+    pub fn stateless_stack(&self) -> BoxMcpService {
+        self.stateless_stack.clone()
+    }
+
+    /// Relays a stateless notification to an HTTP upstream; with a stdio
+    /// upstream there is no stateless peer to give it to, so it is dropped.
+    pub async fn stateless_notify(
+        &self,
+        notification: &crate::protocol::Message,
+        headers: &http::HeaderMap,
+    ) -> Result<(), ProxyError> {
+        match &self.settings.upstream {
+            UpstreamSpec::Http(spec) => {
+                crate::transport::http_stateless::notify(spec, notification, headers).await
+            }
+            UpstreamSpec::Stdio(_) => Ok(()),
+        }
     }
 
     /// Closes and forgets a session.

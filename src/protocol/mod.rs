@@ -6,6 +6,7 @@
 
 pub mod framing;
 pub mod methods;
+pub mod stateless;
 pub mod version;
 
 pub use mcp_meter_plugin::jsonrpc::{

@@ -81,6 +81,18 @@ impl HttpUpstreamSpec {
         &self.url
     }
 
+    /// A `POST` to the endpoint with the configured extra headers.
+    pub(super) fn post(&self) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.url.clone())
+            .headers(self.headers.clone())
+    }
+
+    /// The largest message accepted from the upstream.
+    pub(super) fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
     /// Whether the endpoint answers at all (any HTTP status counts).
     pub async fn probe(&self) -> Result<(), String> {
         self.client
@@ -426,7 +438,11 @@ impl HttpUpstream {
     }
 }
 
-async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Bytes, String> {
+/// Reads a whole (JSON) body, refusing one larger than `limit`.
+pub(super) async fn read_limited(
+    response: reqwest::Response,
+    limit: usize,
+) -> Result<Bytes, String> {
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {

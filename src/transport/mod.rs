@@ -4,6 +4,7 @@
 //! [`crate::engine`].
 
 pub mod http_downstream;
+pub mod http_stateless;
 pub mod http_upstream;
 mod lines;
 pub mod origin;

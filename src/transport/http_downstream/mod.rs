@@ -16,7 +16,11 @@
 //!
 //! Refusals are HTTP statuses with a JSON-RPC error body the client can read.
 
+mod stateless;
+
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::Router;
@@ -36,6 +40,7 @@ use tower::ServiceExt;
 use super::http_upstream::{PROTOCOL_VERSION_HEADER, SESSION_HEADER};
 use super::origin::OriginPolicy;
 use crate::engine::{Downstream, InterimSink, Proxy, Session};
+use crate::protocol::stateless as stateless_revision;
 use crate::protocol::{
     INVALID_REQUEST, Message, RequestId, framing, is_batch, methods, split_batch, version,
 };
@@ -216,7 +221,17 @@ async fn post(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Respo
         }
     };
     let batch = is_batch(&body);
-    let messages = parse_body(&body, batch)?;
+    let mut messages = parse_body(&body, batch)?;
+    if !batch
+        && session_header(headers).is_none()
+        && let Some(message) = messages.pop_if(|m| {
+            !m.is_response()
+                && m.method() != Some(methods::INITIALIZE)
+                && stateless_revision::is_stateless_request(m, headers)
+        })
+    {
+        return stateless::post(state, headers, message).await;
+    }
     let initialize = messages
         .iter()
         .any(|m| m.method() == Some(methods::INITIALIZE));
@@ -388,34 +403,63 @@ async fn answer_request(
     headers: &HeaderMap,
     initialize: bool,
 ) -> Response {
-    let (interim_tx, mut interim) = mpsc::channel::<Message>(64);
+    let (interim_tx, interim) = mpsc::channel::<Message>(64);
     let mut request = mcp_request(session, message, headers);
     request.extensions.insert(InterimSink(interim_tx));
-    let mut call = Box::pin(run_stack(session.stack(), request));
-    let first = tokio::select! {
-        biased;
-        answer = &mut call => Err(answer),
-        Some(first) = interim.recv() => Ok(first),
-    };
-    let mut response = match first {
-        Err(answer) => {
-            let mut before = Vec::new();
-            while let Ok(m) = interim.try_recv() {
-                before.push(m);
-            }
+    let call = Box::pin(run_stack(session.stack(), request));
+    let mut response = match stream_answer(call, interim).await {
+        Answered::Json(answer) => {
             if initialize && answer.kind() != crate::protocol::MessageKind::Response {
                 // A failed initialize leaves no session behind.
                 state.proxy.close_session(session).await;
                 return json_response(answer.as_bytes().clone());
             }
-            if before.is_empty() {
-                json_response(answer.as_bytes().clone())
-            } else {
-                before.push(answer);
-                let events: Vec<Result<Event, Infallible>> =
-                    before.iter().map(|m| Ok(sse_event(m))).collect();
-                Sse::new(futures_util::stream::iter(events)).into_response()
+            json_response(answer.as_bytes().clone())
+        }
+        Answered::Stream(response) => response,
+    };
+    if let (true, Ok(value)) = (initialize, HeaderValue::from_str(session.id().as_str())) {
+        response.headers_mut().insert(SESSION_HEADER, value);
+    }
+    response
+}
+
+/// How the answer to one request goes back to the client.
+enum Answered {
+    /// Nothing came before the response: one JSON body.
+    Json(Message),
+    /// Related messages came first: an SSE stream, still running if the
+    /// call is.
+    Stream(Response),
+}
+
+/// Waits for the first thing a call produces. A response with nothing
+/// before it is answered as JSON; anything related first (progress, a
+/// server→client request) switches to an SSE stream that carries the rest
+/// and ends with the response. A client that closes the stream drops the
+/// call, which cancels it upstream.
+async fn stream_answer(
+    mut call: Pin<Box<dyn Future<Output = Message> + Send>>,
+    mut interim: mpsc::Receiver<Message>,
+) -> Answered {
+    let first = tokio::select! {
+        biased;
+        answer = &mut call => Err(answer),
+        Some(first) = interim.recv() => Ok(first),
+    };
+    match first {
+        Err(answer) => {
+            let mut before = Vec::new();
+            while let Ok(m) = interim.try_recv() {
+                before.push(m);
             }
+            if before.is_empty() {
+                return Answered::Json(answer);
+            }
+            before.push(answer);
+            let events: Vec<Result<Event, Infallible>> =
+                before.iter().map(|m| Ok(sse_event(m))).collect();
+            Answered::Stream(Sse::new(futures_util::stream::iter(events)).into_response())
         }
         Ok(first) => {
             let (out, out_rx) = mpsc::channel::<Result<Event, Infallible>>(64);
@@ -444,13 +488,13 @@ async fn answer_request(
                     }
                 }
             });
-            Sse::new(receiver_stream(out_rx)).into_response()
+            Answered::Stream(
+                Sse::new(receiver_stream(out_rx))
+                    .keep_alive(KeepAlive::default())
+                    .into_response(),
+            )
         }
-    };
-    if let (true, Ok(value)) = (initialize, HeaderValue::from_str(session.id().as_str())) {
-        response.headers_mut().insert(SESSION_HEADER, value);
     }
-    response
 }
 
 fn receiver_stream<T>(mut rx: mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
