@@ -36,17 +36,7 @@ pub async fn exchange(
     client_headers: &HeaderMap,
     interim: Option<&mpsc::Sender<Message>>,
 ) -> Result<StatelessAnswer, ProxyError> {
-    let mut builder = spec
-        .post()
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::ACCEPT, "application/json, text/event-stream");
-    for (name, value) in client_headers {
-        if stateless::is_forwarded_header(name.as_str()) {
-            builder = builder.header(name, value);
-        }
-    }
-    let response = builder
-        .body(request.as_bytes().clone())
+    let response = post_upstream(spec, request, client_headers)
         .send()
         .await
         .map_err(|e| unavailable(format!("the upstream MCP server could not be reached: {e}")))?;
@@ -81,17 +71,7 @@ pub async fn notify(
     notification: &Message,
     client_headers: &HeaderMap,
 ) -> Result<(), ProxyError> {
-    let mut builder = spec
-        .post()
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::ACCEPT, "application/json, text/event-stream");
-    for (name, value) in client_headers {
-        if stateless::is_forwarded_header(name.as_str()) {
-            builder = builder.header(name, value);
-        }
-    }
-    let response = builder
-        .body(notification.as_bytes().clone())
+    let response = post_upstream(spec, notification, client_headers)
         .send()
         .await
         .map_err(|e| unavailable(format!("the upstream MCP server could not be reached: {e}")))?;
@@ -103,6 +83,24 @@ pub async fn notify(
             response.status()
         )))
     }
+}
+
+/// The `POST` of `message` upstream, with the client's mirroring headers.
+fn post_upstream(
+    spec: &HttpUpstreamSpec,
+    message: &Message,
+    client_headers: &HeaderMap,
+) -> reqwest::RequestBuilder {
+    let mut builder = spec
+        .post()
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json, text/event-stream");
+    for (name, value) in client_headers {
+        if stateless::is_forwarded_header(name.as_str()) {
+            builder = builder.header(name, value);
+        }
+    }
+    builder.body(message.as_bytes().clone())
 }
 
 async fn read_event_stream(
