@@ -226,6 +226,8 @@ fn assert_nontrivial(document: &Value, profile: &str) {
     );
     match profile {
         "everything" => {
+            let bigger = &ok(document, "echo_1_2mb")["content"][0]["text"];
+            assert_eq!(bigger["bytes"], 1_200_006, "{bigger}");
             assert_eq!(text(ok(document, "sum"), 0), "The sum of 2 and 40 is 42.");
             let elicited = ok(document, "elicitation");
             assert!(
@@ -238,6 +240,7 @@ fn assert_nontrivial(document: &Value, profile: &str) {
             assert_eq!(text(ok(document, "add"), 0), "42");
             assert_eq!(text(ok(document, "ask_name"), 0), "Hallo, Zoë 🦀!");
             assert_eq!(text(ok(document, "non_ascii_tool"), 0), "Grüße, Zoë!");
+            assert_eq!(text(ok(document, "slow"), 0), "slept 1.2");
             assert_eq!(
                 text(ok(document, "header_param"), 0),
                 "Sunny in Zürich ☀ for 2 day(s)"
@@ -359,6 +362,12 @@ fn stateless_through_serve_matches_direct() {
     assert_eq!(manual["round1"]["resultType"], "input_required");
     assert_eq!(manual["round1"]["hasRequestState"], true);
     assert_eq!(text(&manual["round2"], 0), "Bonjour, Zoë 🦀!");
+    let listen = ok(&direct, "listen");
+    assert_eq!(
+        listen["events"],
+        json!([{"type": "ResourceUpdated", "uri": "note://readme"}, {"type": "ToolsListChanged"}]),
+        "{listen}"
+    );
 
     let (_dir, proxy) = serve_in_front_of(&server.url);
     let proxied = client_check("2026-07-28", "modern", Target::Url(&proxy.url));
@@ -382,13 +391,15 @@ fn auto_mode_discovers_the_stateless_revision_through_serve() {
 }
 
 // (c'') The handshake revision against the same Python server over an HTTP upstream
-//       (sessions, SSE responses, a mid-call elicitation/create request).
+//       (sessions, SSE responses, a mid-call elicitation/create request, a
+//       notification on the standalone GET stream).
 #[test]
 fn handshake_through_serve_to_python_server_matches_direct() {
     let server = PythonServer::start();
     let direct = client_check("legacy", "modern", Target::Url(&server.url));
     assert_nontrivial(&direct, "modern");
     assert_eq!(direct["protocol_version"], "2025-11-25");
+    ok(&direct, "get_stream");
 
     let (_dir, proxy) = serve_in_front_of(&server.url);
     let proxied = client_check("legacy", "modern", Target::Url(&proxy.url));

@@ -16,7 +16,7 @@ use mcp_meter_plugin::ProxyError;
 use sse_stream::SseStream;
 use tokio::sync::mpsc;
 
-use super::http_upstream::{HttpUpstreamSpec, read_limited};
+use super::http_upstream::{HttpUpstreamSpec, error_chain, read_limited};
 use crate::protocol::{Message, stateless};
 
 /// What the upstream answered a stateless request with.
@@ -39,7 +39,12 @@ pub async fn exchange(
     let response = post_upstream(spec, request, client_headers)
         .send()
         .await
-        .map_err(|e| unavailable(format!("the upstream MCP server could not be reached: {e}")))?;
+        .map_err(|e| {
+            unavailable(format!(
+                "the upstream MCP server could not be reached: {}",
+                error_chain(&e)
+            ))
+        })?;
     let status = response.status();
     let content_type = response
         .headers()
@@ -74,7 +79,12 @@ pub async fn notify(
     let response = post_upstream(spec, notification, client_headers)
         .send()
         .await
-        .map_err(|e| unavailable(format!("the upstream MCP server could not be reached: {e}")))?;
+        .map_err(|e| {
+            unavailable(format!(
+                "the upstream MCP server could not be reached: {}",
+                error_chain(&e)
+            ))
+        })?;
     if response.status().is_success() {
         Ok(())
     } else {

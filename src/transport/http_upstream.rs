@@ -207,7 +207,7 @@ impl HttpUpstream {
             });
             Ok(Some(task.abort_handle()))
         } else {
-            let response = builder.send().await.map_err(|e| e.to_string())?;
+            let response = builder.send().await.map_err(|e| error_chain(&e))?;
             let status = response.status();
             if status == StatusCode::NOT_FOUND && self.lock().session_id.is_some() {
                 let _ = self.events.send(UpstreamEvent::SessionExpired).await;
@@ -255,7 +255,11 @@ impl HttpUpstream {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(session = %self.session_label, error = %e, "upstream request failed");
-                fail(format!("the upstream MCP server could not be reached: {e}")).await;
+                fail(format!(
+                    "the upstream MCP server could not be reached: {}",
+                    error_chain(&e)
+                ))
+                .await;
                 return;
             }
         };
@@ -436,6 +440,19 @@ impl HttpUpstream {
                 .await;
         }
     }
+}
+
+/// An error with its causes (`error sending request: connection reset`), as
+/// reqwest's own message leaves out why.
+pub(super) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Reads a whole (JSON) body, refusing one larger than `limit`.

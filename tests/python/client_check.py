@@ -169,6 +169,43 @@ async def input_required_manual(client: Client) -> Any:
     }
 
 
+async def listen_for_events(client: Client) -> Any:
+    """Opens a `subscriptions/listen` stream (a long-lived SSE response), makes the
+    server announce two changes from another request, and records the events."""
+    events: list[Any] = []
+    with anyio.fail_after(15):
+        async with client.listen(tools_list_changed=True, resource_subscriptions=["note://readme"]) as sub:
+            honored = dump(sub.honored)
+            touched = content_summary(await client.call_tool("touch", {}))
+            async for event in sub:
+                events.append({"type": type(event).__name__, **{k: v for k, v in vars(event).items()}})
+                if len(events) == 2:
+                    break
+    return {"honored": honored, "touch": touched, "events": sorted(events, key=lambda e: e["type"])}
+
+
+NOTIFICATIONS: list[str] = []
+LIST_CHANGED = anyio.Event()
+
+
+async def message_handler(message: Any) -> None:
+    """Records server notifications that are not tied to a request (the GET stream)."""
+    if isinstance(message, types.ServerNotification):
+        method = getattr(message, "method", None) or getattr(getattr(message, "root", None), "method", None)
+        NOTIFICATIONS.append(str(method))
+        if method == "notifications/tools/list_changed":
+            LIST_CHANGED.set()
+
+
+async def wait_for_list_changed(client: Client) -> Any:
+    """Handshake era: a tool makes the server send notifications/tools/list_changed,
+    which arrives on the standalone GET SSE stream, not the call's response."""
+    touched = content_summary(await client.call_tool("touch", {}))
+    with anyio.fail_after(10):
+        await LIST_CHANGED.wait()
+    return {"touch": touched, "received": "notifications/tools/list_changed"}
+
+
 async def scripted(client: Client, profile: str, rec: Recorder) -> None:
     out = rec.out
     out["protocol_version"] = client.protocol_version
@@ -193,6 +230,11 @@ async def scripted(client: Client, profile: str, rec: Recorder) -> None:
 
     if profile == "everything":
         await rec.run("sum", lambda: call("get-sum", {"a": 2, "b": 40}))
+        # Over the SDK client's 1 MiB SSE-event cap: works on stdio, and over HTTP
+        # only while the server (mcp-meter) answers a lone response as JSON.
+        bigger = big + "z" * 200_000
+        out["bigger_argument"] = digest(bigger)
+        await rec.run("echo_1_2mb", lambda: call("echo", {"message": bigger}))
         progress: list[Any] = []
 
         async def on_progress(p: float, total: float | None, message: str | None) -> None:
@@ -213,6 +255,11 @@ async def scripted(client: Client, profile: str, rec: Recorder) -> None:
         await rec.run("header_param", lambda: call("weather", {"region": "Zürich ☀", "days": 2}))
         if client.protocol_version == "2026-07-28":
             await rec.run("input_required_manual", lambda: input_required_manual(client))
+        await rec.run("slow", lambda: call("slow", {"seconds": 1.2}))
+        if client.protocol_version == "2026-07-28":
+            await rec.run("listen", lambda: listen_for_events(client))
+        else:
+            await rec.run("get_stream", lambda: wait_for_list_changed(client))
         progress_m: list[Any] = []
 
         async def on_progress_m(p: float, total: float | None, message: str | None) -> None:
@@ -279,6 +326,7 @@ async def main() -> int:
                 cache=None,  # every list call must reach the server (and the proxy)
                 read_timeout_seconds=30,
                 elicitation_callback=elicitation_callback,
+                message_handler=message_handler,
                 client_info=types.Implementation(name="mcp-meter-python-check", version="1"),
             ) as client:
                 await scripted(client, args.profile, rec)

@@ -17,7 +17,9 @@ argument), ask_name (needs client input: at 2026-07-28 the call answers
 `input_required` with an elicitation request and resumes when the client
 retries with `inputResponses` + `requestState`; at 2025-11-25 it sends
 `elicitation/create` mid-call), count (progress notifications, which commit the
-response to SSE). Resource: note://readme. Prompt: greeting.
+response to SSE), slow (silent past the SSE ping interval: SSE with ping
+comments), touch (events for `subscriptions/listen` streams at 2026-07-28; a
+`notifications/tools/list_changed` on the GET stream at 2025-11-25). Resource: note://readme. Prompt: greeting.
 """
 
 from __future__ import annotations
@@ -28,11 +30,17 @@ import sys
 from typing import Annotated
 
 import anyio
+import mcp.server._streamable_http_modern as modern_http
 import uvicorn
 from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve
 from pydantic import BaseModel, Field
 
 mcp = MCPServer(name="python-modern-server", version="1.0.0")
+
+# A 2026-07-28 handler silent for this long commits its response to SSE and
+# keeps it alive with ping comments (the SDK default is 15 s; shortened so the
+# `slow` tool exercises that path within a test's time budget).
+modern_http._SSE_PING_INTERVAL = 0.5
 
 
 @mcp.tool(description="Echoes the message back", structured_output=False)
@@ -76,6 +84,23 @@ async def count(steps: int, ctx: Context) -> str:
     return f"counted to {steps}"
 
 
+@mcp.tool(description="Sleeps without notifications past the SSE ping interval")
+async def slow(seconds: float) -> str:
+    await anyio.sleep(seconds)
+    return f"slept {seconds}"
+
+
+@mcp.tool(description="Announces a tools/list change (and a note://readme update) to listeners")
+async def touch(ctx: Context) -> str:
+    if ctx.protocol_version == "2026-07-28":
+        await ctx.notify_tools_changed()
+        await ctx.notify_resource_updated("note://readme")
+    else:
+        # Handshake era: unrelated to this request, so it travels on the session's GET stream.
+        await ctx.session.send_tool_list_changed()
+    return "touched"
+
+
 @mcp.resource("note://readme", name="readme", mime_type="text/plain", description="A fixed note")
 def readme() -> str:
     return "Ünïcödé note from the Python SDK server ✓"
@@ -93,6 +118,9 @@ async def main() -> None:
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Inherited by accepted connections. Without it every request on a reused
+    # keep-alive connection waits ~40 ms (Nagle against the peer's delayed ACK).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", args.port))
     port = sock.getsockname()[1]
 
