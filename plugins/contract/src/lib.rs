@@ -38,8 +38,10 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod error;
+pub mod identity;
 pub mod jsonrpc;
 mod plugin;
+pub mod ports;
 mod request;
 mod response;
 
