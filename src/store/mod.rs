@@ -1,0 +1,186 @@
+//! The SQL store: customers, API keys and usage in SQLite, PostgreSQL or
+//! MySQL/MariaDB, behind the contract's ports ([`CustomerDirectory`],
+//! [`UsageSink`]) and the admin methods of [`Store`].
+//!
+//! [`open`] parses the `[database] url`, connects once (so a wrong URL, an
+//! unreachable server or bad credentials fail right away with an
+//! [`OpenError`] that says what to fix), applies the embedded migrations,
+//! refuses a database migrated by a newer mcp-meter, and hands back a pool
+//! that reconnects by itself. While serving, every fault is a
+//! [`StoreError`]; nothing here retries on behalf of a caller except
+//! `record_usage`, which re-runs a batch that lost a race.
+//!
+//! The logic is written once over a sqlx [`Database`](sqlx::Database)
+//! (`driver`, `statement`, then `customers`, `keys`, `usage`); `sqlite`,
+//! `postgres` and `mysql` hold only what differs per backend. This module must never hold a secret in clear: keys
+//! arrive as their SHA-256 hash.
+
+mod customers;
+mod driver;
+mod error;
+mod ids;
+mod keys;
+mod mysql;
+mod open;
+mod options;
+mod postgres;
+mod rollup;
+mod rows;
+mod schema;
+mod sql;
+mod sqlite;
+mod statement;
+mod usage;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use mcp_meter_plugin::identity::{
+    ApiKeyRecord, Customer, CustomerId, CustomerStatus, KeyId, KeyScope, UnixMillis,
+};
+use mcp_meter_plugin::ports::{CustomerDirectory, NewCustomer, StoreError, UsageRecord, UsageSink};
+use serde::Serialize;
+
+pub use error::OpenError;
+pub use open::{migrate, open};
+pub use options::{StoreOptions, redact_url};
+pub use schema::{MigrationReport, MigrationVersion};
+
+/// Which database engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// SQLite: one file (or `:memory:`), the embedded default.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL or MariaDB.
+    MySql,
+}
+
+impl Backend {
+    /// The lower-case name shown to operators (`sqlite`, `postgres`,
+    /// `mysql`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+            Backend::MySql => "mysql",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An API key to store. The secret itself never reaches the store: only its
+/// SHA-256 hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewApiKey {
+    /// The customer the key belongs to (must exist).
+    pub customer_id: CustomerId,
+    /// SHA-256 of the whole key text.
+    pub key_hash: [u8; 32],
+    /// The first characters of the key, for listings.
+    pub prefix: String,
+    /// An optional label.
+    pub name: Option<String>,
+    /// What the key may be used for.
+    pub scope: KeyScope,
+    /// After this instant the key is refused.
+    pub expires_at: Option<UnixMillis>,
+}
+
+/// Which usage to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageFilter {
+    /// Only this customer's usage (all usage when `None`).
+    pub customer: Option<CustomerId>,
+    /// From this instant on (inclusive). For daily roll-ups: from the UTC day
+    /// containing it.
+    pub since: Option<UnixMillis>,
+    /// Before this instant (exclusive). For daily roll-ups: up to the UTC day
+    /// containing the millisecond before it.
+    pub until: Option<UnixMillis>,
+    /// At most this many rows.
+    pub limit: u32,
+}
+
+/// One row of the daily roll-up: the totals of one UTC day for one customer,
+/// method and tool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DailyUsage {
+    /// The UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    /// The customer (`None` for unauthenticated calls).
+    pub customer_id: Option<CustomerId>,
+    /// The JSON-RPC method.
+    pub method: String,
+    /// The tool, for `tools/call`.
+    pub tool: Option<String>,
+    /// Number of calls.
+    pub calls: i64,
+    /// Calls whose outcome was not `ok`.
+    pub errors: i64,
+    /// Metered units.
+    pub units: i64,
+    /// Total duration in microseconds.
+    pub duration_us: i64,
+    /// Total request bytes.
+    pub bytes_in: i64,
+    /// Total response bytes.
+    pub bytes_out: i64,
+}
+
+/// The whole store: the ports the plugins use plus what the CLI and the
+/// management API need.
+#[async_trait]
+pub trait Store: CustomerDirectory + UsageSink {
+    /// The database engine behind this store.
+    fn backend(&self) -> Backend;
+
+    /// Checks that the database answers (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Creates a customer with a new `cus_…` id. A duplicate
+    /// `external_subject` is a [`StoreError::Conflict`].
+    async fn create_customer(&self, new: NewCustomer) -> Result<Customer, StoreError>;
+
+    /// Customers ordered by id, starting after `after`, at most `limit`.
+    async fn list_customers(
+        &self,
+        after: Option<&CustomerId>,
+        limit: u32,
+    ) -> Result<Vec<Customer>, StoreError>;
+
+    /// Activates or suspends a customer, bumping `updated_at`;
+    /// [`StoreError::NotFound`] if there is no such customer.
+    async fn set_customer_status(
+        &self,
+        id: &CustomerId,
+        status: CustomerStatus,
+    ) -> Result<Customer, StoreError>;
+
+    /// Stores a key with a new `key_…` id; [`StoreError::NotFound`] if the
+    /// customer does not exist, [`StoreError::Conflict`] if the hash is
+    /// already stored.
+    async fn create_api_key(&self, new: NewApiKey) -> Result<ApiKeyRecord, StoreError>;
+
+    /// Keys (of one customer, or all), ordered by creation time then id.
+    async fn list_api_keys(
+        &self,
+        customer: Option<&CustomerId>,
+    ) -> Result<Vec<ApiKeyRecord>, StoreError>;
+
+    /// Revokes a key at `at`. Idempotent: revoking again keeps the first
+    /// `revoked_at`. [`StoreError::NotFound`] if there is no such key.
+    async fn revoke_api_key(&self, id: &KeyId, at: UnixMillis) -> Result<ApiKeyRecord, StoreError>;
+
+    /// Raw usage records, ordered by `started_at` then `call_id`.
+    async fn usage_records(&self, filter: &UsageFilter) -> Result<Vec<UsageRecord>, StoreError>;
+
+    /// Daily roll-ups, ordered by day, customer, method and tool.
+    async fn usage_daily(&self, filter: &UsageFilter) -> Result<Vec<DailyUsage>, StoreError>;
+}

@@ -1,0 +1,116 @@
+//! Rows to domain values: the column lists the queries select and how each
+//! row becomes a [`Customer`], an [`ApiKeyRecord`], a [`UsageRecord`] or a
+//! [`DailyUsage`]. A column order is defined here once and read here only.
+
+use mcp_meter_plugin::identity::{
+    ApiKeyRecord, CallId, Customer, CustomerId, CustomerStatus, KeyId, KeyScope, UnixMillis,
+};
+use mcp_meter_plugin::ports::{UsageOutcome, UsageRecord};
+use serde::de::DeserializeOwned;
+
+use super::DailyUsage;
+use super::driver::Read;
+
+/// The customer columns, table alias `c` (10 columns).
+pub(super) const CUSTOMER_COLUMNS: &str = "c.id, c.name, c.email, c.plan_id, c.status, \
+     c.stripe_customer_id, c.external_subject, c.metadata, c.created_at, c.updated_at";
+
+/// The API key columns, table alias `k` (9 columns).
+pub(super) const KEY_COLUMNS: &str = "k.id, k.customer_id, k.prefix, k.name, k.scope, \
+     k.expires_at, k.revoked_at, k.last_used_at, k.created_at";
+/// Where the customer's columns start in a key-and-customer row.
+pub(super) const KEY_WIDTH: usize = 9;
+
+/// The usage record columns, in insert order (13 columns).
+pub(super) const USAGE_COLUMNS: &str = "call_id, customer_id, key_id, session_id, method, tool, \
+     started_at, duration_us, bytes_in, bytes_out, outcome, reason, units";
+
+/// The daily roll-up columns, in insert order (10 columns).
+pub(super) const DAILY_COLUMNS: &str =
+    "day, customer_id, method, tool, calls, errors, units, duration_us, bytes_in, bytes_out";
+
+/// Reads a customer starting at column `at`.
+pub(super) fn customer(row: &impl Read, at: usize) -> Result<Customer, sqlx::Error> {
+    let id = row.text(at)?;
+    let status = row.text(at + 4)?;
+    Ok(Customer {
+        status: CustomerStatus::parse(&status)
+            .ok_or_else(|| invalid(&id, format!("unknown status {status:?}")))?,
+        name: row.text(at + 1)?,
+        email: row.opt_text(at + 2)?,
+        plan_id: row.opt_text(at + 3)?,
+        stripe_customer_id: row.opt_text(at + 5)?,
+        external_subject: row.opt_text(at + 6)?,
+        metadata: json(&id, "metadata", &row.text(at + 7)?)?,
+        created_at: UnixMillis(row.int(at + 8)?),
+        updated_at: UnixMillis(row.int(at + 9)?),
+        id: CustomerId::new(id),
+    })
+}
+
+/// Reads an API key starting at column `at`.
+pub(super) fn api_key(row: &impl Read, at: usize) -> Result<ApiKeyRecord, sqlx::Error> {
+    let id = row.text(at)?;
+    let scope: KeyScope = json(&id, "scope", &row.text(at + 4)?)?;
+    Ok(ApiKeyRecord {
+        customer_id: CustomerId::new(row.text(at + 1)?),
+        prefix: row.text(at + 2)?,
+        name: row.opt_text(at + 3)?,
+        scope,
+        expires_at: row.opt_int(at + 5)?.map(UnixMillis),
+        revoked_at: row.opt_int(at + 6)?.map(UnixMillis),
+        last_used_at: row.opt_int(at + 7)?.map(UnixMillis),
+        created_at: UnixMillis(row.int(at + 8)?),
+        id: KeyId::new(id),
+    })
+}
+
+/// Reads a usage record (columns as in [`USAGE_COLUMNS`]).
+pub(super) fn usage_record(row: &impl Read) -> Result<UsageRecord, sqlx::Error> {
+    let call_id = row.text(0)?;
+    let outcome = row.text(10)?;
+    Ok(UsageRecord {
+        customer_id: row.opt_text(1)?.map(CustomerId::new),
+        key_id: row.opt_text(2)?.map(KeyId::new),
+        session_id: row.opt_text(3)?,
+        method: row.text(4)?,
+        tool: row.opt_text(5)?,
+        started_at: UnixMillis(row.int(6)?),
+        duration_us: row.int(7)?,
+        bytes_in: row.int(8)?,
+        bytes_out: row.int(9)?,
+        outcome: UsageOutcome::parse(&outcome)
+            .ok_or_else(|| invalid(&call_id, format!("unknown outcome {outcome:?}")))?,
+        reason: row.opt_text(11)?,
+        units: row.int(12)?,
+        call_id: CallId::new(call_id),
+    })
+}
+
+/// Reads a daily roll-up row (columns as in [`DAILY_COLUMNS`]); the empty
+/// customer and tool mean none.
+pub(super) fn daily(row: &impl Read) -> Result<DailyUsage, sqlx::Error> {
+    let customer = row.text(1)?;
+    let tool = row.text(3)?;
+    Ok(DailyUsage {
+        day: row.text(0)?,
+        customer_id: (!customer.is_empty()).then(|| CustomerId::new(customer)),
+        method: row.text(2)?,
+        tool: (!tool.is_empty()).then_some(tool),
+        calls: row.int(4)?,
+        errors: row.int(5)?,
+        units: row.int(6)?,
+        duration_us: row.int(7)?,
+        bytes_in: row.int(8)?,
+        bytes_out: row.int(9)?,
+    })
+}
+
+/// Parses a JSON text column.
+fn json<T: DeserializeOwned>(id: &str, column: &str, text: &str) -> Result<T, sqlx::Error> {
+    serde_json::from_str(text).map_err(|e| invalid(id, format!("{column} is not valid JSON: {e}")))
+}
+
+fn invalid(id: &str, what: String) -> sqlx::Error {
+    sqlx::Error::Decode(format!("row {id}: {what}").into())
+}

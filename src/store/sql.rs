@@ -1,0 +1,128 @@
+//! [`SqlStore`]: the ports and the admin methods over one backend's pool.
+//! Each method is one call into `customers`, `keys` or `usage`, with the
+//! fault mapped to the contract's [`StoreError`].
+
+use async_trait::async_trait;
+use mcp_meter_plugin::identity::{
+    ApiKeyRecord, Customer, CustomerId, CustomerStatus, KeyId, UnixMillis,
+};
+use mcp_meter_plugin::ports::{
+    CustomerDirectory, KeyGrant, NewCustomer, StoreError, UsageRecord, UsageSink,
+};
+use sqlx::Pool;
+
+use super::driver::Driver;
+use super::error::Fault;
+use super::statement::Statement;
+use super::{Backend, DailyUsage, NewApiKey, Store, UsageFilter, customers, keys, usage};
+
+/// The store over a pool of one backend.
+pub(super) struct SqlStore<DB: Driver> {
+    pool: Pool<DB>,
+}
+
+impl<DB: Driver> SqlStore<DB> {
+    /// A store over `pool` (already migrated).
+    pub(super) fn new(pool: Pool<DB>) -> Self {
+        Self { pool }
+    }
+}
+
+/// A result with its fault in the contract's terms.
+fn done<DB: Driver, T>(result: Result<T, Fault>) -> Result<T, StoreError> {
+    result.map_err(Fault::into_store::<DB>)
+}
+
+#[async_trait]
+impl<DB: Driver> CustomerDirectory for SqlStore<DB> {
+    async fn find_key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<KeyGrant>, StoreError> {
+        done::<DB, _>(keys::find_by_hash(&self.pool, hash).await)
+    }
+
+    async fn find_customer(&self, id: &CustomerId) -> Result<Option<Customer>, StoreError> {
+        done::<DB, _>(customers::find(&self.pool, id).await)
+    }
+
+    async fn find_customer_by_subject(
+        &self,
+        subject: &str,
+    ) -> Result<Option<Customer>, StoreError> {
+        done::<DB, _>(customers::find_by_subject(&self.pool, subject).await)
+    }
+
+    async fn provision_customer(&self, new: NewCustomer) -> Result<Customer, StoreError> {
+        done::<DB, _>(customers::provision(&self.pool, new).await)
+    }
+
+    async fn touch_keys(&self, used: &[(KeyId, UnixMillis)]) -> Result<(), StoreError> {
+        done::<DB, _>(keys::touch(&self.pool, used).await)
+    }
+}
+
+#[async_trait]
+impl<DB: Driver> UsageSink for SqlStore<DB> {
+    async fn record_usage(&self, batch: &[UsageRecord]) -> Result<(), StoreError> {
+        done::<DB, _>(usage::record(&self.pool, batch).await)
+    }
+}
+
+#[async_trait]
+impl<DB: Driver> Store for SqlStore<DB> {
+    fn backend(&self) -> Backend {
+        DB::BACKEND
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let ping = async {
+            let mut conn = self.pool.acquire().await?;
+            Statement::<DB>::new("SELECT 1")
+                .fetch_all(&mut conn)
+                .await?;
+            Ok(())
+        };
+        done::<DB, _>(ping.await)
+    }
+
+    async fn create_customer(&self, new: NewCustomer) -> Result<Customer, StoreError> {
+        done::<DB, _>(customers::create(&self.pool, new).await)
+    }
+
+    async fn list_customers(
+        &self,
+        after: Option<&CustomerId>,
+        limit: u32,
+    ) -> Result<Vec<Customer>, StoreError> {
+        done::<DB, _>(customers::list(&self.pool, after, limit).await)
+    }
+
+    async fn set_customer_status(
+        &self,
+        id: &CustomerId,
+        status: CustomerStatus,
+    ) -> Result<Customer, StoreError> {
+        done::<DB, _>(customers::set_status(&self.pool, id, status).await)
+    }
+
+    async fn create_api_key(&self, new: NewApiKey) -> Result<ApiKeyRecord, StoreError> {
+        done::<DB, _>(keys::create(&self.pool, new).await)
+    }
+
+    async fn list_api_keys(
+        &self,
+        customer: Option<&CustomerId>,
+    ) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        done::<DB, _>(keys::list(&self.pool, customer).await)
+    }
+
+    async fn revoke_api_key(&self, id: &KeyId, at: UnixMillis) -> Result<ApiKeyRecord, StoreError> {
+        done::<DB, _>(keys::revoke(&self.pool, id, at).await)
+    }
+
+    async fn usage_records(&self, filter: &UsageFilter) -> Result<Vec<UsageRecord>, StoreError> {
+        done::<DB, _>(usage::records(&self.pool, filter).await)
+    }
+
+    async fn usage_daily(&self, filter: &UsageFilter) -> Result<Vec<DailyUsage>, StoreError> {
+        done::<DB, _>(usage::daily(&self.pool, filter).await)
+    }
+}

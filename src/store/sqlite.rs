@@ -1,0 +1,80 @@
+//! SQLite: the embedded default. A file created on first start (or
+//! `:memory:`), WAL journal, foreign keys on, `synchronous=NORMAL`, a 5 s
+//! busy timeout; writes take the lock up front (`BEGIN IMMEDIATE`).
+
+use std::time::Duration;
+
+use sqlx::Sqlite;
+use sqlx::error::DatabaseError;
+use sqlx::migrate::Migrator;
+use sqlx::pool::PoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+
+use super::Backend;
+use super::driver::{ConnectFailure, Driver, ON_CONFLICT_ADD_TO_DAILY};
+
+/// How long a writer waits for the lock before SQLite answers "busy".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Driver for Sqlite {
+    const BACKEND: Backend = Backend::Sqlite;
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    const SKIP_STORED_RETURNING_NEW: Option<&'static str> = None;
+    const ADD_TO_DAILY: &'static str = ON_CONFLICT_ADD_TO_DAILY;
+    // SQLITE_MAX_VARIABLE_NUMBER of the bundled SQLite (3.32 and later).
+    const MAX_PARAMS: usize = 32_766;
+
+    fn migrator() -> Migrator {
+        let mut migrator = sqlx::migrate!("migrations/sqlite");
+        migrator.set_locking(false);
+        migrator
+    }
+
+    fn connect_options(url: &str) -> Result<SqliteConnectOptions, sqlx::Error> {
+        let options: SqliteConnectOptions = url.parse()?;
+        Ok(options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            .pragma("mmap_size", "268435456")
+            .pragma("cache_size", "-16384")
+            .pragma("wal_autocheckpoint", "10000")
+            .pragma("temp_store", "memory"))
+    }
+
+    /// An in-memory database lives as long as one of its connections: keep
+    /// one open for the life of the pool.
+    fn tune_pool(pool: PoolOptions<Self>, url: &str) -> PoolOptions<Self> {
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            pool.min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            pool
+        }
+    }
+
+    fn is_unavailable(error: &dyn DatabaseError) -> bool {
+        // BUSY, LOCKED, IOERR, FULL, CANTOPEN (primary codes).
+        primary_code(error).is_some_and(|code| matches!(code, 5 | 6 | 10 | 13 | 14))
+    }
+
+    fn is_transient(error: &dyn DatabaseError) -> bool {
+        // BUSY, LOCKED.
+        primary_code(error).is_some_and(|code| matches!(code, 5 | 6))
+    }
+
+    fn connect_failure(error: &dyn DatabaseError) -> Option<ConnectFailure> {
+        // CANTOPEN, PERM, READONLY, AUTH, NOTADB.
+        primary_code(error)
+            .is_some_and(|code| matches!(code, 14 | 3 | 8 | 23 | 26))
+            .then_some(ConnectFailure::CannotOpenFile)
+    }
+}
+
+/// The primary result code (the low byte of the extended code).
+fn primary_code(error: &dyn DatabaseError) -> Option<i32> {
+    error.code()?.parse::<i32>().ok().map(|code| code & 0xff)
+}
