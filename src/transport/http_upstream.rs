@@ -67,6 +67,11 @@ impl HttpUpstreamSpec {
         let client = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .pool_max_idle_per_host(64)
+            // Servers close idle keep-alive connections after a few seconds
+            // (Node's default is 5 s). A pooled connection reused just as the
+            // server closes it is reset mid-request, and a POST cannot be
+            // safely retried; so idle connections are dropped first.
+            .pool_idle_timeout(UPSTREAM_POOL_IDLE)
             .build()?;
         Ok(Self {
             client,
@@ -105,6 +110,10 @@ impl HttpUpstreamSpec {
             .map_err(|e| e.to_string())
     }
 }
+
+/// How long an idle upstream connection is kept for reuse: under the 5 s
+/// keep-alive timeout of common servers (Node.js, many load balancers).
+const UPSTREAM_POOL_IDLE: Duration = Duration::from_millis(3_500);
 
 /// One upstream MCP session over Streamable HTTP.
 #[derive(Debug)]
