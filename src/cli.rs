@@ -64,9 +64,173 @@ pub enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Where the demo keeps its customer, key and usage records.
+        #[arg(long, default_value = "sqlite://mcp-meter-demo.db")]
+        database_url: String,
+    },
+    /// Apply the database migrations (also done by `serve` at start).
+    Migrate {
+        /// Which database.
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Manage customers.
+    Customers {
+        /// Which database.
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// What to do.
+        #[command(subcommand)]
+        action: CustomersAction,
+    },
+    /// Manage API keys.
+    Keys {
+        /// Which database.
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// What to do.
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Show a customer's usage records (or daily roll-ups).
+    Usage {
+        /// Which database.
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The customer (`cus_…`).
+        #[arg(long)]
+        customer: String,
+        /// Only calls at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only calls before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// Most rows to show.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Show the daily roll-ups instead of single calls.
+        #[arg(long)]
+        daily: bool,
+        /// Print JSON (one array) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// The built-in demo MCP server on stdio (what `demo` runs as its
     /// upstream).
     #[command(hide = true)]
     DemoUpstream,
+}
+
+/// How an admin command finds the database: a configuration file's
+/// `[database]`, or a URL.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// A configuration file whose `[database]` to use.
+    #[arg(long, short, global = true, conflicts_with = "database_url")]
+    pub config: Option<PathBuf>,
+    /// The database URL (`sqlite://mcp-meter.db`, `postgres://…`, `mysql://…`).
+    #[arg(
+        long,
+        global = true,
+        env = "MCP_METER_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+}
+
+/// `customers` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CustomersAction {
+    /// Create a customer.
+    Add {
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Contact email.
+        #[arg(long)]
+        email: Option<String>,
+        /// Plan id.
+        #[arg(long)]
+        plan: Option<String>,
+        /// The JWT subject that names this customer.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List customers.
+    List {
+        /// Start after this customer id (pagination).
+        #[arg(long)]
+        after: Option<String>,
+        /// Most rows.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one customer and its keys.
+    Show {
+        /// The customer id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse every call of a customer from the next call on.
+    Suspend {
+        /// The customer id.
+        id: String,
+    },
+    /// Allow a suspended customer's calls again.
+    Resume {
+        /// The customer id.
+        id: String,
+    },
+}
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Create a key; the key is printed once and cannot be shown again.
+    Create {
+        /// The customer id.
+        #[arg(long)]
+        customer: String,
+        /// A label.
+        #[arg(long)]
+        name: Option<String>,
+        /// Refuse the key after this time (RFC 3339).
+        #[arg(long, conflicts_with = "expires_in_days")]
+        expires_at: Option<String>,
+        /// Refuse the key after this many days.
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+        /// Tools the key may call (repeat, or comma-separated; `prefix*` globs).
+        #[arg(long, value_delimiter = ',')]
+        tools: Vec<String>,
+        /// Methods the key may use (repeat, or comma-separated; e.g. `tools/*`).
+        #[arg(long, value_delimiter = ',')]
+        methods: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (never their secrets).
+    List {
+        /// Only this customer's keys.
+        #[arg(long)]
+        customer: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: refused from the next call on, on every instance.
+    Revoke {
+        /// The key id (`key_…`).
+        id: String,
+    },
 }

@@ -7,10 +7,13 @@
 //! revisions.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod demo_upstream;
 pub mod engine;
 pub mod protocol;
 pub mod run;
+pub mod services;
+pub mod store;
 pub mod transport;

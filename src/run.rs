@@ -43,6 +43,12 @@ pub enum RunError {
     /// The demo upstream failed.
     #[error(transparent)]
     DemoUpstream(#[from] crate::demo_upstream::DemoUpstreamError),
+    /// The database or another plugin service cannot start.
+    #[error(transparent)]
+    Services(#[from] crate::services::ServicesError),
+    /// An admin command failed.
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
@@ -107,19 +113,25 @@ async fn dispatch(cli: Cli) -> Result<(), RunError> {
             init_logging(&cli.log_format, &cli.log_level, &config);
             if stdio {
                 let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-                let proxy = Proxy::new(config)?;
+                let running = crate::services::start(&config).await?;
+                let proxy = Proxy::with_services(config, running.services())?;
                 let signal_proxy = proxy.clone();
                 tokio::spawn(async move {
                     shutdown_signal().await;
                     signal_proxy.begin_shutdown();
                 });
-                stdio_downstream::run(proxy, api_key, grace).await?;
+                let result = stdio_downstream::run(proxy, api_key, grace).await;
+                running.stop(grace).await;
+                result?;
                 Ok(())
             } else {
                 serve_http(config).await
             }
         }
-        Command::Demo { listen } => {
+        Command::Demo {
+            listen,
+            database_url,
+        } => {
             let mut config = Config::default();
             let exe = std::env::current_exe().map_err(|e| RunError::Bind {
                 addr: listen.clone(),
@@ -128,9 +140,51 @@ async fn dispatch(cli: Cli) -> Result<(), RunError> {
             config.upstream.command = Some(exe.display().to_string());
             config.upstream.args = vec!["demo-upstream".into()];
             config.server.listen = listen;
+            config.database = Some(crate::config::DatabaseConfig {
+                url: database_url.clone(),
+                max_connections: 10,
+                acquire_timeout_secs: 3,
+            });
             check_problems("demo", validate(&config))?;
             init_logging(&cli.log_format, &cli.log_level, &config);
-            serve_http_with(config, print_demo_banner).await
+            let key = crate::admin::demo_key(&database_url).await?;
+            serve_http_with(config, move |url| {
+                print_demo_banner(url, &key, &database_url)
+            })
+            .await
+        }
+        Command::Migrate { database } => {
+            init_logging(&cli.log_format, &cli.log_level, &Config::default());
+            crate::admin::migrate(&database).await?;
+            Ok(())
+        }
+        Command::Customers { database, action } => {
+            crate::admin::customers(&database, &action).await?;
+            Ok(())
+        }
+        Command::Keys { database, action } => {
+            crate::admin::keys(&database, &action).await?;
+            Ok(())
+        }
+        Command::Usage {
+            database,
+            customer,
+            since,
+            until,
+            limit,
+            daily,
+            json,
+        } => {
+            let query = crate::admin::UsageQuery {
+                customer: &customer,
+                since: since.as_deref(),
+                until: until.as_deref(),
+                limit,
+                daily,
+                json,
+            };
+            crate::admin::usage(&database, query).await?;
+            Ok(())
         }
         Command::DemoUpstream => {
             crate::demo_upstream::run_stdio().await?;
@@ -153,13 +207,29 @@ fn check_problems(source: &str, problems: Vec<Problem>) -> Result<(), RunError> 
 
 fn check(path: &Path) -> Result<(), RunError> {
     let config = Config::load(path)?;
-    if let Err(e) = Proxy::new(config.clone()) {
+    let mut problems = Vec::new();
+    // The upstream is checked by building a passthrough proxy; the plugins'
+    // services need the database, which `check` does not open.
+    let mut passthrough = config.clone();
+    passthrough.plugins.order = Some(Vec::new());
+    if let Err(e) = Proxy::new(passthrough) {
+        problems.push(Problem {
+            path: "upstream".into(),
+            message: e.to_string(),
+        });
+    }
+    if let Some(jwt) = &config.auth.jwt
+        && let Err(e) = mcp_meter_auth::jwt::JwtVerifier::from_config(jwt)
+    {
+        problems.push(Problem {
+            path: "auth.jwt".into(),
+            message: e.to_string(),
+        });
+    }
+    if !problems.is_empty() {
         return Err(ConfigError {
             source_name: path.display().to_string(),
-            problems: vec![Problem {
-                path: "upstream".into(),
-                message: e.to_string(),
-            }],
+            problems,
         }
         .into());
     }
@@ -191,7 +261,8 @@ async fn serve_http_with(config: Config, banner: impl FnOnce(&str)) -> Result<()
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let listen = config.server.listen.clone();
     let path = config.server.mcp_path.clone();
-    let proxy = Proxy::new(config)?;
+    let running = crate::services::start(&config).await?;
+    let proxy = Proxy::with_services(config, running.services())?;
     let addr: SocketAddr = listen.parse().map_err(|_| RunError::Bind {
         addr: listen.clone(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an address"),
@@ -230,17 +301,21 @@ async fn serve_http_with(config: Config, banner: impl FnOnce(&str)) -> Result<()
         }
     };
     proxy.close_all().await;
+    drop(proxy);
+    running.stop(grace).await;
     tracing::info!("stopped");
     result
 }
 
-fn print_demo_banner(url: &str) {
+fn print_demo_banner(url: &str, key: &str, database: &str) {
     println!(
-        "\nmcp-meter demo is running.\n\n  MCP endpoint:   {url}\n  upstream:       the built-in demo server (tools: echo, add, slow, fail)\n\n\
-         Connect a client:\n  MCP Inspector:  npx @modelcontextprotocol/inspector --transport http --server-url {url}\n  \
-         Client config:  {{\"mcpServers\": {{\"demo\": {{\"type\": \"http\", \"url\": \"{url}\"}}}}}}\n  \
-         curl:           curl -s {url} -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\\n                    \
+        "\nmcp-meter demo is running.\n\n  MCP endpoint:   {url}\n  upstream:       the built-in demo server (tools: echo, add, slow, fail)\n  \
+         API key:        {key}\n                  (the demo customer's key; every call without it gets 401)\n\n\
+         Connect a client:\n  MCP Inspector:  npx @modelcontextprotocol/inspector --transport http --server-url {url} --header 'Authorization: Bearer {key}'\n  \
+         Client config:  {{\"mcpServers\": {{\"demo\": {{\"type\": \"http\", \"url\": \"{url}\", \"headers\": {{\"Authorization\": \"Bearer {key}\"}}}}}}}}\n  \
+         curl:           curl -s {url} -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\\n                    \
          -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{{\"protocolVersion\":\"2025-11-25\",\"capabilities\":{{}},\"clientInfo\":{{\"name\":\"curl\",\"version\":\"1\"}}}}}}' -i\n\n\
+         Usage so far:    mcp-meter usage --database-url {database} --customer <id from: mcp-meter customers list --database-url {database}>\n\n\
          Press Ctrl-C to stop.\n"
     );
 }

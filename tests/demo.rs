@@ -6,10 +6,47 @@ mod common;
 use common::{Proxy, RawClient, first_text};
 use serde_json::json;
 
+/// The demo's printed API key (the banner line `API key: mcp_…`).
+fn printed_key(proxy: &Proxy) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = proxy
+            .stdout
+            .recv_timeout(left)
+            .expect("the demo prints its API key");
+        if let Some(key) = line.trim().strip_prefix("API key:") {
+            return key.trim().to_owned();
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_demo_serves_its_tools_through_the_proxy() {
-    let proxy = Proxy::start(&["demo", "--listen", "127.0.0.1:0"], &[]);
-    let mut client = RawClient::new(&proxy.url);
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("demo.db").display());
+    let proxy = Proxy::start(
+        &[
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &database,
+        ],
+        &[],
+    );
+    let key = printed_key(&proxy);
+    assert!(key.starts_with("mcp_") && key.len() == 53, "{key}");
+
+    // Without the key, calls are refused before any session exists.
+    let anonymous = RawClient::new(&proxy.url);
+    let refused = anonymous
+        .post(&json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}))
+        .await;
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert!(refused.headers.contains_key("www-authenticate"));
+
+    let mut client = RawClient::with_bearer(&proxy.url, &key);
     let init = client.initialize("2025-11-25").await;
     assert_eq!(
         init["result"]["serverInfo"]["name"],
@@ -78,4 +115,42 @@ async fn the_demo_serves_its_tools_through_the_proxy() {
         .await
         .response();
     assert_eq!(refused["error"]["code"], -32602, "{refused}");
+
+    // Every call is in the usage records once the proxy has stopped.
+    assert!(proxy.terminate().success());
+    let customers = common::admin_json(&database, &["customers", "list", "--json"]);
+    let demo = customers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "Demo customer")
+        .expect("the demo customer exists");
+    let id = demo["id"].as_str().unwrap();
+    let records = common::admin_json(&database, &["usage", "--customer", id, "--json"]);
+    let mut outcomes: Vec<(String, String)> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["method"] == "tools/call")
+        .map(|r| {
+            (
+                r["tool"].as_str().unwrap().to_owned(),
+                r["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    outcomes.sort();
+    let expected = [
+        ("add", "ok"),
+        ("add", "tool_error"),
+        ("echo", "ok"),
+        ("fail", "tool_error"),
+        ("slow", "ok"),
+        ("slow", "upstream_error"),
+    ];
+    assert_eq!(
+        outcomes,
+        expected.map(|(t, o)| (t.to_owned(), o.to_owned())),
+        "{records}"
+    );
 }

@@ -413,6 +413,7 @@ async fn sigterm_lets_in_flight_calls_finish_then_exits_cleanly() {
             url: client.url.clone(),
             session: client.session.clone(),
             version: client.version.clone(),
+            headers: client.headers.clone(),
         };
         async move {
             client

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::admin_json as cli_json;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -170,4 +172,57 @@ fn closing_stdin_stops_the_child_and_exits_zero() {
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "child {pid} still running"
     );
+}
+
+#[test]
+fn wrap_stdio_checks_the_api_key_and_records_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("meter.db").display());
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, format!("[database]\nurl = {db:?}\n")).unwrap();
+    let customer = cli_json(&db, &["customers", "add", "--name", "Local", "--json"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = cli_json(&db, &["keys", "create", "--customer", &customer, "--json"])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let config = config.to_str().unwrap();
+
+    let mut good = Wrapped::start(
+        &["--config", config, "--api-key", &key],
+        &common::misbehaving_stdio(),
+    );
+    good.initialize("2025-11-25");
+    good.send(json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"paid"}}}));
+    assert_eq!(good.next()["result"]["content"][0]["text"], "paid");
+    // Close stdin: the wrapper ends, flushing its usage records.
+    good.stdin.take();
+    assert!(good.child.wait().unwrap().success());
+
+    let mut bad = Wrapped::start(
+        &["--config", config, "--api-key", "mcp_not-a-valid-key"],
+        &common::misbehaving_stdio(),
+    );
+    bad.send(json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}));
+    let refused = bad.next();
+    assert_eq!(refused["error"]["code"], -32010, "{refused}");
+    let mut none = Wrapped::start(&["--config", config], &common::misbehaving_stdio());
+    none.initialize("2025-11-25");
+    none.send(json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"free?"}}}));
+    let refused = none.next();
+    assert_eq!(
+        refused["error"]["data"]["reason"], "missing_credential",
+        "{refused}"
+    );
+
+    let records = cli_json(&db, &["usage", "--customer", &customer, "--json"]);
+    let tools: Vec<&str> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["tool"].as_str())
+        .collect();
+    assert_eq!(tools, ["echo"], "{records}");
 }

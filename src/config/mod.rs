@@ -81,6 +81,39 @@ pub struct Config {
     /// Log output.
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// The SQL database for customers, keys and usage. Without it the proxy
+    /// is a plain passthrough (no auth, no usage records).
+    pub database: Option<DatabaseConfig>,
+    /// Credentials: API keys and JWTs (the `auth` plugin).
+    #[serde(default)]
+    pub auth: mcp_meter_auth::AuthConfig,
+    /// The usage recorder's queue and batching (the `usage_recorder` plugin).
+    #[serde(default)]
+    pub usage: mcp_meter_usage_recorder::RecorderConfig,
+}
+
+/// `[database]`: where customers, keys and usage records live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://mcp-meter.db` (created on first start), `postgres://…` or
+    /// `mysql://…` (MySQL or MariaDB).
+    pub url: String,
+    /// Most open connections in the pool.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// How long a call may wait for a free connection before it is refused
+    /// as "database unavailable", in seconds.
+    #[serde(default = "default_acquire_timeout_secs")]
+    pub acquire_timeout_secs: u64,
+}
+
+fn default_max_connections() -> u32 {
+    10
+}
+
+fn default_acquire_timeout_secs() -> u64 {
+    3
 }
 
 /// `[server]`: where clients connect and the limits that protect the proxy.
@@ -168,17 +201,22 @@ impl Default for UpstreamConfig {
 }
 
 /// `[plugins]`: the plugin stack.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
-    /// Plugin names, outermost first. Known: `call_log`.
-    pub order: Vec<String>,
+    /// Plugin names, outermost first. Known: `usage_recorder`, `auth`,
+    /// `call_log`. Unset: `["usage_recorder", "auth", "call_log"]` when a
+    /// `[database]` is configured, `["call_log"]` otherwise.
+    pub order: Option<Vec<String>>,
 }
 
-impl Default for PluginsConfig {
-    fn default() -> Self {
-        Self {
-            order: vec!["call_log".into()],
+impl PluginsConfig {
+    /// The plugin names in force, outermost first.
+    pub fn effective_order(&self, has_database: bool) -> Vec<String> {
+        match &self.order {
+            Some(order) => order.clone(),
+            None if has_database => vec!["usage_recorder".into(), "auth".into(), "call_log".into()],
+            None => vec!["call_log".into()],
         }
     }
 }
@@ -306,7 +344,10 @@ mod tests {
         let c = load("[upstream]\ncommand = \"sh\"\nargs = [\"-c\", \"cat\"]\n").unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:8080");
         assert_eq!(c.server.max_message_bytes, 4 * 1024 * 1024);
-        assert_eq!(c.plugins.order, vec!["call_log"]);
+        assert_eq!(
+            c.plugins.effective_order(c.database.is_some()),
+            vec!["call_log"]
+        );
     }
 
     #[test]

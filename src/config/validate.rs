@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use super::{Config, Problem};
 
 /// The plugin names this build knows.
-pub(super) const KNOWN_PLUGINS: &[&str] = &["call_log"];
+pub(super) const KNOWN_PLUGINS: &[&str] = &["usage_recorder", "auth", "call_log"];
+
+/// The plugins that need a `[database]`.
+const DATABASE_PLUGINS: &[&str] = &["usage_recorder", "auth"];
 
 /// Returns every problem in `config`, in key order.
 pub fn validate(config: &Config) -> Vec<Problem> {
@@ -109,8 +112,34 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             "must not exceed restart_backoff_max_ms".into(),
         );
     }
+    if let Some(database) = &config.database {
+        let scheme = database.url.split(':').next().unwrap_or_default();
+        if !matches!(
+            scheme,
+            "sqlite" | "postgres" | "postgresql" | "mysql" | "mariadb"
+        ) {
+            problem(
+                "database.url",
+                "must start with sqlite:, postgres:// or mysql:// (e.g. sqlite://mcp-meter.db)"
+                    .into(),
+            );
+        }
+        if database.max_connections == 0 {
+            problem("database.max_connections", "must be greater than 0".into());
+        }
+        if database.acquire_timeout_secs == 0 {
+            problem(
+                "database.acquire_timeout_secs",
+                "must be greater than 0".into(),
+            );
+        }
+    }
+    for (path, message) in config.auth.problems() {
+        problem(&path, message);
+    }
+    let order = config.plugins.effective_order(config.database.is_some());
     let mut seen = Vec::new();
-    for (i, name) in config.plugins.order.iter().enumerate() {
+    for (i, name) in order.iter().enumerate() {
         let path = format!("plugins.order[{i}]");
         if !KNOWN_PLUGINS.contains(&name.as_str()) {
             problem(
@@ -122,6 +151,13 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             );
         } else if seen.contains(&name) {
             problem(&path, format!("plugin {name:?} is listed twice"));
+        } else if DATABASE_PLUGINS.contains(&name.as_str()) && config.database.is_none() {
+            problem(
+                &path,
+                format!(
+                    "plugin {name:?} needs a [database] section (e.g. url = \"sqlite://mcp-meter.db\")"
+                ),
+            );
         }
         seen.push(name);
     }

@@ -4,6 +4,7 @@
 
 mod forward;
 mod registry;
+mod services;
 mod session;
 mod settings;
 mod stack;
@@ -16,6 +17,7 @@ use mcp_meter_plugin::{BoxMcpService, ProxyError, TransportKind};
 use tokio_util::sync::CancellationToken;
 
 pub use registry::{SessionRegistry, SessionsFull};
+pub use services::PluginServices;
 pub use session::{Downstream, InterimSink, Session, UpstreamHeaders};
 pub use settings::{SessionSettings, UpstreamSpec};
 pub use stack::plugins_from_config;
@@ -38,6 +40,12 @@ pub enum StartError {
     /// Neither `command` nor `url` is set.
     #[error("no upstream is configured: set upstream.command or upstream.url")]
     NoUpstream,
+    /// A configured plugin needs a service that was not started.
+    #[error("plugin {0:?} needs the [database] section and its services, which were not started")]
+    PluginNotStarted(String),
+    /// A plugin name this build does not know.
+    #[error("unknown plugin {0:?}")]
+    UnknownPlugin(String),
 }
 
 /// One running proxy: its settings and its sessions.
@@ -50,6 +58,8 @@ pub struct Proxy {
     /// The plugin stack around [`stateless::StatelessForward`], shared by all
     /// stateless (2026-07-28) requests.
     stateless_stack: BoxMcpService,
+    /// The services the plugins share.
+    services: PluginServices,
 }
 
 /// The readiness of the upstream, for `/readyz`.
@@ -62,9 +72,19 @@ pub struct UpstreamReadiness {
 }
 
 impl Proxy {
-    /// Builds a proxy from a validated configuration. Fails when the upstream
-    /// command cannot be found, so `serve` fails at start, naming it.
+    /// Builds a passthrough proxy (no plugin services) from a validated
+    /// configuration. Fails when the upstream command cannot be found, so
+    /// `serve` fails at start, naming it.
     pub fn new(config: Config) -> Result<Arc<Self>, StartError> {
+        Self::with_services(config, PluginServices::default())
+    }
+
+    /// Builds a proxy whose plugins use `services` (the store, the
+    /// authenticator, the usage recorder).
+    pub fn with_services(
+        config: Config,
+        services: PluginServices,
+    ) -> Result<Arc<Self>, StartError> {
         let upstream_config = &config.upstream;
         let max = config.server.max_message_bytes;
         let upstream = match (&upstream_config.command, &upstream_config.url) {
@@ -103,7 +123,7 @@ impl Proxy {
             backoff_initial: Duration::from_millis(upstream_config.restart_backoff_initial_ms),
             backoff_max: Duration::from_millis(upstream_config.restart_backoff_max_ms),
             max_buffered_messages: config.server.max_buffered_messages,
-            plugins: plugins_from_config(&config.plugins),
+            plugins: plugins_from_config(&config, &services)?,
         });
         let stateless_stack = settings.plugins.iter().rev().fold(
             BoxMcpService::new(stateless::StatelessForward::new(settings.clone())),
@@ -115,7 +135,19 @@ impl Proxy {
             settings,
             shutdown: CancellationToken::new(),
             stateless_stack,
+            services,
         }))
+    }
+
+    /// The credential checker, when the `auth` plugin is configured. The
+    /// HTTP transport asks it before opening a session, to answer `401`.
+    pub fn authenticator(&self) -> Option<&Arc<mcp_meter_auth::Authenticator>> {
+        self.services.authenticator.as_ref()
+    }
+
+    /// The store, when a `[database]` is configured.
+    pub fn store(&self) -> Option<&Arc<dyn crate::store::Store>> {
+        self.services.store.as_ref()
     }
 
     /// The configuration the proxy runs with.

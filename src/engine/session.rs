@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderMap;
+use mcp_meter_plugin::identity::CustomerId;
 use mcp_meter_plugin::{
     BoxMcpService, McpRequest, McpResponse, ProxyError, SessionId, TransportKind,
 };
@@ -97,6 +98,8 @@ pub struct Session {
     events: mpsc::Sender<UpstreamEvent>,
     stack: BoxMcpService,
     closed: CancellationToken,
+    /// The customer whose credential opened the session, once bound.
+    owner: std::sync::OnceLock<Option<CustomerId>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -156,6 +159,7 @@ impl Session {
                 events,
                 stack,
                 closed: CancellationToken::new(),
+                owner: std::sync::OnceLock::new(),
             }
         });
         tokio::spawn(route_events(Arc::downgrade(&session), events_rx));
@@ -165,6 +169,18 @@ impl Session {
     /// The session id.
     pub fn id(&self) -> &SessionId {
         &self.id
+    }
+
+    /// Binds the session to the customer whose credential opened it (`None`
+    /// for an anonymous `initialize`). Only the first call has an effect.
+    pub fn bind_owner(&self, owner: Option<CustomerId>) {
+        let _ = self.owner.set(owner);
+    }
+
+    /// The customer the session belongs to, if it was opened with a
+    /// credential.
+    pub fn owner(&self) -> Option<&CustomerId> {
+        self.owner.get().and_then(Option::as_ref)
     }
 
     /// The downstream transport.

@@ -4,25 +4,40 @@
 
 use std::sync::Arc;
 
+use mcp_meter_auth::AuthLayer;
 use mcp_meter_call_log::CallLogLayer;
 use mcp_meter_plugin::{LayerPlugin, Plugin};
 
-use crate::config::PluginsConfig;
+use super::StartError;
+use super::services::PluginServices;
+use crate::config::Config;
 
 /// The configured plugins, outermost first. Names were checked by
-/// [`crate::config::validate`]; an unknown one here is skipped with a warning.
-pub fn plugins_from_config(config: &PluginsConfig) -> Vec<Arc<dyn Plugin>> {
+/// [`crate::config::validate`]; a plugin whose service was not started is an
+/// error, never silently skipped (a proxy without its auth layer would let
+/// every call through).
+pub fn plugins_from_config(
+    config: &Config,
+    services: &PluginServices,
+) -> Result<Vec<Arc<dyn Plugin>>, StartError> {
     config
-        .order
+        .plugins
+        .effective_order(config.database.is_some())
         .iter()
-        .filter_map(|name| -> Option<Arc<dyn Plugin>> {
-            match name.as_str() {
-                "call_log" => Some(Arc::new(LayerPlugin::new("call_log", CallLogLayer::new()))),
-                other => {
-                    tracing::warn!(plugin = other, "unknown plugin skipped");
-                    None
+        .map(|name| -> Result<Arc<dyn Plugin>, StartError> {
+            let missing = || StartError::PluginNotStarted(name.clone());
+            Ok(match name.as_str() {
+                "call_log" => Arc::new(LayerPlugin::new("call_log", CallLogLayer::new())),
+                "auth" => {
+                    let authenticator = services.authenticator.clone().ok_or_else(missing)?;
+                    Arc::new(LayerPlugin::new("auth", AuthLayer::new(authenticator)))
                 }
-            }
+                "usage_recorder" => {
+                    let layer = services.recorder.clone().ok_or_else(missing)?;
+                    Arc::new(LayerPlugin::new("usage_recorder", layer))
+                }
+                _ => return Err(StartError::UnknownPlugin(name.clone())),
+            })
         })
         .collect()
 }

@@ -3,6 +3,8 @@
 //! Streamable HTTP where a test needs to see exactly what a client receives.
 #![allow(dead_code)]
 
+pub mod db;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -49,6 +51,7 @@ pub struct Proxy {
     pub child: Child,
     pub url: String,
     pub stderr: mpsc::Receiver<String>,
+    pub stdout: mpsc::Receiver<String>,
 }
 
 impl Proxy {
@@ -58,13 +61,14 @@ impl Proxy {
         command
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("RUST_LOG", "info");
         for (k, v) in envs {
             command.env(k, v);
         }
         let mut child = command.spawn().expect("spawn mcp-meter");
+        let stdout = lines_of(child.stdout.take().unwrap());
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -86,6 +90,7 @@ impl Proxy {
                             child,
                             url,
                             stderr: rx,
+                            stdout,
                         };
                     }
                     seen.push(line);
@@ -146,6 +151,19 @@ impl Proxy {
     }
 }
 
+/// The lines of a child's output, read on a thread.
+fn lines_of(output: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -160,6 +178,8 @@ pub struct RawClient {
     pub url: String,
     pub session: Option<String>,
     pub version: String,
+    /// Headers sent with every request (e.g. `authorization`).
+    pub headers: Vec<(String, String)>,
 }
 
 /// One HTTP answer.
@@ -205,7 +225,17 @@ impl RawClient {
             url: url.to_owned(),
             session: None,
             version: "2025-11-25".into(),
+            headers: Vec::new(),
         }
+    }
+
+    /// A client that sends `Authorization: Bearer TOKEN` with every request.
+    pub fn with_bearer(url: &str, token: &str) -> Self {
+        let mut client = Self::new(url);
+        client
+            .headers
+            .push(("authorization".into(), format!("Bearer {token}")));
+        client
     }
 
     pub async fn post_bytes(
@@ -223,6 +253,9 @@ impl RawClient {
             request = request
                 .header("mcp-session-id", session)
                 .header("mcp-protocol-version", &self.version);
+        }
+        for (k, v) in &self.headers {
+            request = request.header(k, v);
         }
         for (k, v) in extra {
             request = request.header(*k, *v);
@@ -300,4 +333,32 @@ pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bo
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     check()
+}
+
+/// Runs an admin command (`customers`, `keys`, `usage`, …) against the
+/// database at `db` and parses its `--json` output; fails the test on a
+/// non-zero exit.
+pub fn admin_json(db: &str, args: &[&str]) -> Value {
+    let (ok, stdout, stderr) = admin(db, args);
+    assert!(ok, "{args:?}: {stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {stdout}"))
+}
+
+/// Runs an admin command against `db`; returns (exit ok, stdout + stderr).
+pub fn admin_text(db: &str, args: &[&str]) -> (bool, String) {
+    let (ok, stdout, stderr) = admin(db, args);
+    (ok, format!("{stdout}{stderr}"))
+}
+
+fn admin(db: &str, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(bin())
+        .args(args)
+        .args(["--database-url", db])
+        .output()
+        .expect("run mcp-meter");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }

@@ -16,6 +16,7 @@
 //!
 //! Refusals are HTTP statuses with a JSON-RPC error body the client can read.
 
+mod auth;
 mod stateless;
 
 use std::convert::Infallible;
@@ -32,6 +33,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use mcp_meter_auth::TransportIdentity;
 use mcp_meter_plugin::{BoxMcpService, McpRequest, SessionInfo, TransportKind};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -63,6 +65,14 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
     let path = config.server.mcp_path.clone();
     Router::new()
         .route(&path, get(get_mcp).post(post_mcp).delete(delete_mcp))
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(auth::protected_resource_metadata),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/{*resource}",
+            get(auth::protected_resource_metadata),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -222,6 +232,10 @@ async fn post(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Respo
     };
     let batch = is_batch(&body);
     let mut messages = parse_body(&body, batch)?;
+    let mut identities = match auth::pre_authenticate(state, headers, &messages).await {
+        Ok(identities) => identities,
+        Err(refused) => return Ok(refused),
+    };
     if !batch
         && session_header(headers).is_none()
         && let Some(message) = messages.pop_if(|m| {
@@ -230,7 +244,8 @@ async fn post(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Respo
                 && stateless_revision::is_stateless_request(m, headers)
         })
     {
-        return stateless::post(state, headers, message).await;
+        let identity = identities.pop().flatten();
+        return stateless::post(state, headers, message, identity).await;
     }
     let initialize = messages
         .iter()
@@ -276,6 +291,13 @@ async fn post(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Respo
     } else {
         find_session(state, headers)?
     };
+    if initialize {
+        session.bind_owner(auth::customer_of(
+            identities.first().and_then(Option::as_ref),
+        ));
+    } else if let Some(refused) = auth::owner_mismatch(&session, &identities) {
+        return Ok(refused);
+    }
     if batch {
         let revision = session
             .protocol_version()
@@ -292,9 +314,9 @@ async fn post(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Respo
         }
     }
     let mut requests = Vec::new();
-    for message in messages {
+    for (message, identity) in messages.into_iter().zip(identities) {
         if message.is_request() {
-            requests.push(message);
+            requests.push((message, identity));
         } else if let Err(e) = session.pipe_from_client(message).await {
             tracing::debug!(session = %session.id(), error = %e, "could not relay a client message");
             if requests.is_empty() && !batch {
@@ -308,8 +330,8 @@ async fn post(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Respo
     Ok(if batch {
         answer_batch(&session, requests, headers).await
     } else {
-        let request = requests.remove(0);
-        answer_request(state, &session, request, headers, initialize).await
+        let (request, identity) = requests.remove(0);
+        answer_request(state, &session, request, identity, headers, initialize).await
     })
 }
 
@@ -337,8 +359,16 @@ fn parse_body(body: &Bytes, batch: bool) -> Result<Vec<Message>, Refusal> {
         .map_err(parse_failure)
 }
 
-fn mcp_request(session: &Session, message: Message, headers: &HeaderMap) -> McpRequest {
+fn mcp_request(
+    session: &Session,
+    message: Message,
+    identity: Option<TransportIdentity>,
+    headers: &HeaderMap,
+) -> McpRequest {
     let mut request = McpRequest::new(message);
+    if let Some(identity) = identity {
+        request.extensions.insert(identity);
+    }
     request.session = SessionInfo {
         id: Some(session.id().clone()),
         transport: TransportKind::Http,
@@ -362,12 +392,15 @@ async fn run_stack(stack: BoxMcpService, request: McpRequest) -> Message {
 
 async fn answer_batch(
     session: &Arc<Session>,
-    requests: Vec<Message>,
+    requests: Vec<(Message, Option<TransportIdentity>)>,
     headers: &HeaderMap,
 ) -> Response {
-    let calls = requests
-        .into_iter()
-        .map(|message| run_stack(session.stack(), mcp_request(session, message, headers)));
+    let calls = requests.into_iter().map(|(message, identity)| {
+        run_stack(
+            session.stack(),
+            mcp_request(session, message, identity, headers),
+        )
+    });
     let answers = futures_util::future::join_all(calls).await;
     let mut body =
         Vec::with_capacity(answers.iter().map(Message::len).sum::<usize>() + answers.len() + 2);
@@ -400,11 +433,12 @@ async fn answer_request(
     state: &AppState,
     session: &Arc<Session>,
     message: Message,
+    identity: Option<TransportIdentity>,
     headers: &HeaderMap,
     initialize: bool,
 ) -> Response {
     let (interim_tx, interim) = mpsc::channel::<Message>(64);
-    let mut request = mcp_request(session, message, headers);
+    let mut request = mcp_request(session, message, identity, headers);
     request.extensions.insert(InterimSink(interim_tx));
     let call = Box::pin(run_stack(session.stack(), request));
     let mut response = match stream_answer(call, interim).await {
@@ -517,6 +551,9 @@ async fn get_mcp(State(state): State<AppState>, headers: HeaderMap) -> Response 
         Ok(session) => session,
         Err(refusal) => return refusal.into_response(),
     };
+    if let Err(refused) = auth::check_stream_owner(&state, &headers, &session).await {
+        return refused;
+    }
     let messages = session.attach_get_stream();
     let shutdown = state.proxy.shutdown_token();
     let closed = session.closed_token();
@@ -539,6 +576,9 @@ async fn delete_mcp(State(state): State<AppState>, headers: HeaderMap) -> Respon
     }
     match find_session(&state, &headers) {
         Ok(session) => {
+            if let Err(refused) = auth::check_stream_owner(&state, &headers, &session).await {
+                return refused;
+            }
             state.proxy.close_session(&session).await;
             StatusCode::OK.into_response()
         }
@@ -558,13 +598,25 @@ async fn healthz() -> Response {
 async fn readyz(State(state): State<AppState>) -> Response {
     let upstream = state.proxy.upstream_readiness().await;
     let shutting_down = state.proxy.shutdown_token().is_cancelled();
-    let ready = upstream.ready && !shutting_down;
+    let mut checks = serde_json::json!({
+        "upstream": { "status": if upstream.ready { "ok" } else { "failing" }, "detail": upstream.detail },
+        "shutdown": { "status": if shutting_down { "shutting_down" } else { "ok" } },
+    });
+    let mut database_ok = true;
+    if let Some(store) = state.proxy.store() {
+        let (status, detail) = match store.ping().await {
+            Ok(()) => ("ok", format!("{} answers", store.backend().as_str())),
+            Err(e) => {
+                database_ok = false;
+                ("failing", e.to_string())
+            }
+        };
+        checks["database"] = serde_json::json!({ "status": status, "detail": detail });
+    }
+    let ready = upstream.ready && database_ok && !shutting_down;
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not_ready" },
-        "checks": {
-            "upstream": { "status": if upstream.ready { "ok" } else { "failing" }, "detail": upstream.detail },
-            "shutdown": { "status": if shutting_down { "shutting_down" } else { "ok" } },
-        },
+        "checks": checks,
         "sessions": state.proxy.sessions().len(),
     });
     (

@@ -11,6 +11,7 @@
 
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use mcp_meter_auth::TransportIdentity;
 use mcp_meter_plugin::{McpRequest, SessionInfo, TransportKind};
 use tokio::sync::mpsc;
 
@@ -24,6 +25,7 @@ pub(super) async fn post(
     state: &AppState,
     headers: &HeaderMap,
     message: Message,
+    identity: Option<TransportIdentity>,
 ) -> Result<Response, Refusal> {
     if message.is_notification() {
         // This revision defines no client→server notifications on HTTP
@@ -46,6 +48,9 @@ pub(super) async fn post(
         protocol_version: Some(route.protocol_version.into()),
     };
     request.credentials.headers = headers.clone();
+    if let Some(identity) = identity {
+        request.extensions.insert(identity);
+    }
     request.extensions.insert(InterimSink(interim_tx));
     request
         .extensions
