@@ -22,6 +22,24 @@
 //!   per session, like mcp-meter (its stateless mode starts a child per
 //!   request), and `--logLevel none` spares it its per-message logging;
 //!   mcp-meter runs with its default configuration, call log included.
+//! - **HTTP proxy + auth + usage (SQLite)** and **(PostgreSQL)**: the same
+//!   `wrap --listen`, with a configuration whose only section is
+//!   `[database]`, which turns on the `auth` and `usage_recorder` plugins
+//!   with their defaults (one indexed key lookup per call; one usage record
+//!   per call, written behind it in batches). Every request carries
+//!   `Authorization: Bearer mcp_…`, a key made with `mcp-meter customers add`
+//!   and `keys create`. SQLite is a fresh file in a temporary directory;
+//!   PostgreSQL is a fresh database `mm_bench_<random>` created on the server
+//!   at `PROXY_BENCH_POSTGRES_URL` (default
+//!   `postgres://postgres@127.0.0.1:5432/test`) and dropped at the end (a
+//!   server that cannot be reached skips the row with a note).
+//!   `PROXY_BENCH_METERED=sqlite`, `=postgres` or `=0` picks the rows
+//!   (default: both). Their cost is also reported over the passthrough HTTP
+//!   row of the same run. Once the proxy has stopped (on SIGTERM it writes
+//!   every queued record before it exits), the bench reads the customer's
+//!   usage records and checks that there is exactly one per `tools/call`
+//!   made (warm-up included) and one per session's `initialize`; a mismatch
+//!   fails the run after the report.
 //!
 //! There is no native HTTP build of the demo server, so HTTP has no "direct"
 //! twin: its figures are absolute, and are compared with the direct stdio
@@ -52,6 +70,7 @@
 //! time of itself (the client), of the measured server process and of the
 //! processes below it, and prints them in cores: on a 2-core machine the
 //! three share the same two cores, and that table shows who used them.
+//! (The PostgreSQL server's own processes are not in it.)
 //!
 //! The client runs on a single-threaded tokio runtime by default
 //! (`PROXY_BENCH_CLIENT_THREADS` to change it), so it takes at most one core
@@ -67,7 +86,7 @@
 //! (default: unset, i.e. mcp-meter's default `info` with one call-log line per
 //! request); `PROXY_BENCH_SUPERGATEWAY=0` skips supergateway.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::error::Error;
 use std::fmt::{Display, Write as _};
 use std::path::{Path, PathBuf};
@@ -77,9 +96,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
+use mcp_meter::store::{self, StoreOptions, UsageFilter};
+use mcp_meter_plugin::identity::CustomerId;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use sqlx::Connection as _;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader, BufWriter};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
@@ -146,6 +168,11 @@ struct Settings {
     client_threads: usize,
     rust_log: Option<String>,
     supergateway: bool,
+    /// The metered rows to measure (`PROXY_BENCH_METERED`).
+    metered: Vec<Database>,
+    /// Where the bench creates its PostgreSQL database
+    /// (`PROXY_BENCH_POSTGRES_URL`).
+    postgres_url: String,
 }
 
 fn env_or<T: FromStr>(name: &str, default: T) -> Res<T>
@@ -184,6 +211,8 @@ impl Settings {
             client_threads: env_or("PROXY_BENCH_CLIENT_THREADS", 1)?,
             rust_log: std::env::var("PROXY_BENCH_RUST_LOG").ok(),
             supergateway: env_or::<String>("PROXY_BENCH_SUPERGATEWAY", "1".into())? != "0",
+            metered: metered_from_env()?,
+            postgres_url: env_or("PROXY_BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL.to_owned())?,
         };
         if settings.calls == 0 || settings.secs <= 0.0 || settings.warmup_secs < 0.0 {
             return Err("PROXY_BENCH_CALLS and PROXY_BENCH_SECS must be positive".into());
@@ -194,6 +223,26 @@ impl Settings {
     fn max_clients(&self) -> usize {
         self.clients.iter().copied().max().unwrap_or(1)
     }
+}
+
+/// `PROXY_BENCH_METERED`: `sqlite,postgres` (the default, also `1`), one of
+/// them, or `0` for none.
+fn metered_from_env() -> Res<Vec<Database>> {
+    let text = std::env::var("PROXY_BENCH_METERED").unwrap_or_else(|_| "1".into());
+    match text.trim() {
+        "0" | "" | "none" => return Ok(Vec::new()),
+        "1" => return Ok(vec![Database::Sqlite, Database::Postgres]),
+        _ => {}
+    }
+    text.split(',')
+        .map(|word| match word.trim() {
+            "sqlite" => Ok(Database::Sqlite),
+            "postgres" | "postgresql" => Ok(Database::Postgres),
+            other => Err(
+                format!("PROXY_BENCH_METERED: {other:?} is not sqlite, postgres, 1 or 0").into(),
+            ),
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -528,16 +577,24 @@ struct HttpSession {
     url: String,
     headers: HeaderMap,
     next_id: AtomicU64,
+    /// `tools/call`s answered correctly so far.
+    answered: AtomicU64,
 }
 
-fn base_headers() -> HeaderMap {
+/// The headers of every request: content negotiation, and the API key when
+/// the path is metered.
+fn base_headers(api_key: Option<&str>) -> Res<HeaderMap> {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(
         ACCEPT,
         HeaderValue::from_static("application/json, text/event-stream"),
     );
-    headers
+    if let Some(key) = api_key {
+        let bearer = HeaderValue::from_str(&format!("Bearer {key}")).context("API key header")?;
+        headers.insert(AUTHORIZATION, bearer);
+    }
+    Ok(headers)
 }
 
 /// The JSON-RPC message answering request `id` in a POST response body:
@@ -607,8 +664,8 @@ impl HttpSession {
     }
 
     /// `initialize` (no session header), then `notifications/initialized`.
-    async fn open(client: &reqwest::Client, url: &str) -> Res<HttpSession> {
-        let mut headers = base_headers();
+    async fn open(client: &reqwest::Client, url: &str, api_key: Option<&str>) -> Res<HttpSession> {
+        let mut headers = base_headers(api_key)?;
         let response = Self::post(client, url, &headers, initialize_request(0)).await?;
         let session = response
             .headers()
@@ -640,6 +697,7 @@ impl HttpSession {
             url: url.into(),
             headers,
             next_id: AtomicU64::new(1),
+            answered: AtomicU64::new(0),
         })
     }
 
@@ -647,7 +705,9 @@ impl HttpSession {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let response = Self::post(&self.client, &self.url, &self.headers, echo_request(id)).await?;
         let answer = Self::read(response, id).await?;
-        check_echo(&answer, id)
+        check_echo(&answer, id)?;
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -862,10 +922,13 @@ impl Subject {
         })
     }
 
+    /// An HTTP server with `settings.max_clients()` sessions opened on it,
+    /// every request carrying `api_key` when there is one.
     async fn http(
         name: &'static str,
         proc: Proc,
         url: String,
+        api_key: Option<&str>,
         settings: &Settings,
     ) -> Res<Subject> {
         let client = http_client()?;
@@ -873,9 +936,11 @@ impl Subject {
         eprintln!("[{name}] {url}: opening {wanted} sessions");
         let mut sessions = Vec::with_capacity(wanted);
         for i in 0..wanted {
-            let session = HttpSession::open(&client, &url).await.with_context(|| {
-                format!("{name}: opening session {}{}", i + 1, proc.tail.show())
-            })?;
+            let session = HttpSession::open(&client, &url, api_key)
+                .await
+                .with_context(|| {
+                    format!("{name}: opening session {}{}", i + 1, proc.tail.show())
+                })?;
             sessions.push(Caller::Http(Arc::new(session)));
         }
         Ok(Subject {
@@ -892,6 +957,24 @@ impl Subject {
             Kind::Stdio(peer) => peer.proc.child.id(),
             Kind::Http { proc, .. } => proc.child.id(),
         }
+    }
+
+    /// What an HTTP path was sent so far (`None` for stdio).
+    fn sent(&self) -> Option<Sent> {
+        let Kind::Http { sessions, .. } = &self.kind else {
+            return None;
+        };
+        let calls = sessions
+            .iter()
+            .map(|caller| match caller {
+                Caller::Http(session) => session.answered.load(Ordering::Relaxed),
+                Caller::Stdio(_) => 0,
+            })
+            .sum();
+        Some(Sent {
+            sessions: sessions.len() as u64,
+            calls,
+        })
     }
 
     /// `n` concurrent clients: `n` users of the one pipe, or `n` sessions.
@@ -967,22 +1050,29 @@ struct PathResult {
     /// Calls/s and CPU per entry of `settings.clients`.
     throughput: Vec<f64>,
     cpu: Vec<CpuUse>,
+    /// For HTTP paths: what was sent, for the usage-record check.
+    sent: Option<Sent>,
+    /// For metered paths, once the proxy has stopped: the usage records.
+    records: Option<RecordCheck>,
 }
 
-async fn start_mcp_meter_http(bin: &Path, settings: &Settings) -> Res<(Proc, String)> {
+/// `mcp-meter wrap --listen 127.0.0.1:0` in front of the demo upstream,
+/// with `config` when given; returns the process and its MCP URL.
+async fn start_mcp_meter_http(
+    bin: &Path,
+    config: Option<&Path>,
+    settings: &Settings,
+) -> Res<(Proc, String)> {
     let bin_text = bin.to_str().context("binary path is not UTF-8")?;
-    let mut command = mcp_meter_command(
-        bin,
-        &[
-            "wrap",
-            "--listen",
-            "127.0.0.1:0",
-            "--",
-            bin_text,
-            "demo-upstream",
-        ],
-        settings,
-    );
+    let mut args = vec!["wrap"];
+    if let Some(config) = config {
+        args.extend([
+            "--config",
+            config.to_str().context("config path is not UTF-8")?,
+        ]);
+    }
+    args.extend(["--listen", "127.0.0.1:0", "--", bin_text, "demo-upstream"]);
+    let mut command = mcp_meter_command(bin, &args, settings);
     command.stdin(Stdio::null()).stdout(Stdio::null());
     let (tx, rx) = oneshot::channel();
     let proc = Proc::spawn(
@@ -1054,6 +1144,299 @@ async fn start_supergateway(script: &Path, bin: &Path) -> Res<(Proc, String)> {
 }
 
 // ---------------------------------------------------------------------------
+// Metered paths: auth + usage records in a database
+
+/// The server on which the bench creates (and drops) its PostgreSQL database.
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Where a metered row keeps its customers, keys and usage records.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Database {
+    Sqlite,
+    Postgres,
+}
+
+impl Database {
+    /// The row's name in the report.
+    fn row(self) -> &'static str {
+        match self {
+            Database::Sqlite => METERED_SQLITE,
+            Database::Postgres => METERED_POSTGRES,
+        }
+    }
+}
+
+/// A PostgreSQL database made for this run, dropped by [`PgScratch::drop_database`].
+struct PgScratch {
+    server_url: String,
+    name: String,
+}
+
+impl PgScratch {
+    /// Creates `mm_bench_<random>` on the server at `server_url`; returns it
+    /// and its URL.
+    async fn create(server_url: &str) -> Res<(PgScratch, String)> {
+        let name = format!("mm_bench_{:016x}", rand::random::<u64>());
+        Self::execute(server_url, format!("CREATE DATABASE {name}")).await?;
+        let mut url = reqwest::Url::parse(server_url).context("PROXY_BENCH_POSTGRES_URL")?;
+        url.set_path(&name);
+        let scratch = PgScratch {
+            server_url: server_url.to_owned(),
+            name,
+        };
+        Ok((scratch, url.into()))
+    }
+
+    /// Drops the database, closing the connections still open to it.
+    async fn drop_database(&self) -> Res<()> {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        Self::execute(&self.server_url, sql).await
+    }
+
+    /// Runs one statement on its own connection to `server_url`.
+    async fn execute(server_url: &str, sql: String) -> Res<()> {
+        let shown = mcp_meter::store::redact_url(server_url);
+        let mut conn = sqlx::PgConnection::connect(server_url)
+            .await
+            .with_context(|| format!("connecting to {shown}"))?;
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(&mut conn)
+            .await
+            .with_context(|| format!("{sql} on {shown}"))?;
+        conn.close().await.context("closing the connection")?;
+        Ok(())
+    }
+}
+
+/// A database ready for one metered row: migrated, with one customer and an
+/// API key for it, and a configuration file pointing mcp-meter at it.
+struct Metered {
+    database: Database,
+    url: String,
+    config: PathBuf,
+    customer: String,
+    key: String,
+    /// The PostgreSQL database to drop at the end (a SQLite file goes with
+    /// the temporary directory).
+    scratch: Option<PgScratch>,
+}
+
+impl Metered {
+    /// Provisions the database at `url` and writes `<dir>/<database>.toml`.
+    async fn provision(database: Database, url: String, bin: &Path, dir: &Path) -> Res<Metered> {
+        let (customer, key) = create_customer_and_key(bin, &url).await?;
+        let config = dir.join(format!("{database:?}.toml").to_lowercase());
+        std::fs::write(&config, metered_config(&url)?)
+            .with_context(|| format!("writing {}", config.display()))?;
+        Ok(Metered {
+            database,
+            url,
+            config,
+            customer,
+            key,
+            scratch: None,
+        })
+    }
+
+    /// Removes what the bench created on a database server.
+    async fn remove(&self) -> Res<()> {
+        match &self.scratch {
+            Some(scratch) => scratch.drop_database().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Counts the customer's usage records against what was `sent`.
+    async fn check_records(&self, sent: Sent) -> Res<RecordCheck> {
+        let by_method = records_by_method(&self.url, &self.customer).await?;
+        Ok(RecordCheck { sent, by_method })
+    }
+}
+
+/// Sets up the rows `settings.metered` asks for, in `dir`. A PostgreSQL
+/// server that cannot be reached skips its row with a note instead of
+/// failing the run.
+async fn set_up_metered(
+    bin: &Path,
+    dir: &Path,
+    settings: &Settings,
+) -> Res<(Vec<Metered>, Vec<String>)> {
+    let mut metered = Vec::new();
+    let mut notes = Vec::new();
+    for &database in &settings.metered {
+        let (url, scratch) = match database {
+            Database::Sqlite => (format!("sqlite://{}", dir.join("bench.db").display()), None),
+            Database::Postgres => match PgScratch::create(&settings.postgres_url).await {
+                Ok((scratch, url)) => (url, Some(scratch)),
+                Err(e) => {
+                    notes.push(format!("{METERED_POSTGRES}: skipped ({e})"));
+                    continue;
+                }
+            },
+        };
+        let shown = mcp_meter::store::redact_url(&url);
+        match Metered::provision(database, url, bin, dir).await {
+            Ok(m) => {
+                println!("  {}: database {shown}", database.row());
+                metered.push(Metered { scratch, ..m });
+            }
+            Err(e) => {
+                if let Some(scratch) = scratch {
+                    let _ = scratch.drop_database().await;
+                }
+                remove_all(&metered).await;
+                return Err(format!("setting up {}: {e}", database.row()).into());
+            }
+        }
+    }
+    if settings.metered.is_empty() {
+        notes.push("metered rows: not measured (PROXY_BENCH_METERED=0)".into());
+    }
+    Ok((metered, notes))
+}
+
+/// Drops the databases the bench created; failures are printed, not fatal.
+async fn remove_all(metered: &[Metered]) {
+    for m in metered {
+        if let Err(e) = m.remove().await {
+            eprintln!("warning: {}: {e}", m.database.row());
+        }
+    }
+}
+
+/// The configuration of a metered row: only `[database]`; `wrap` supplies
+/// the upstream, and every other setting keeps its default (plugins
+/// `usage_recorder`, `auth`, `call_log`).
+fn metered_config(database_url: &str) -> Res<String> {
+    // A JSON string is a valid TOML basic string.
+    let url = serde_json::to_string(database_url).context("database URL")?;
+    Ok(format!("[database]\nurl = {url}\n"))
+}
+
+/// A customer and an API key for it, made with the CLI as an operator would.
+async fn create_customer_and_key(bin: &Path, url: &str) -> Res<(String, String)> {
+    let customers = cli_json(
+        bin,
+        &[
+            "customers",
+            "add",
+            "--name",
+            "Bench",
+            "--json",
+            "--database-url",
+            url,
+        ],
+    )
+    .await?;
+    let customer = customers[0]["id"]
+        .as_str()
+        .with_context(|| format!("customers add printed no id: {customers}"))?
+        .to_owned();
+    let created = cli_json(
+        bin,
+        &[
+            "keys",
+            "create",
+            "--customer",
+            &customer,
+            "--json",
+            "--database-url",
+            url,
+        ],
+    )
+    .await?;
+    let key = created["key"]
+        .as_str()
+        .context("keys create printed no key")?
+        .to_owned();
+    Ok((customer, key))
+}
+
+/// Runs an mcp-meter admin command and parses what it prints as JSON.
+async fn cli_json(bin: &Path, args: &[&str]) -> Res<serde_json::Value> {
+    let what = format!("mcp-meter {}", args[..2].join(" "));
+    let output = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running {what}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(format!("{what}: {}: {}", output.status, stderr.trim()).into());
+    }
+    serde_json::from_slice(&output.stdout).with_context(|| format!("{what}: output is not JSON"))
+}
+
+/// The number of `customer`'s usage records per method, read through
+/// mcp-meter's own store (as `mcp-meter usage` does).
+async fn records_by_method(url: &str, customer: &str) -> Res<BTreeMap<String, u64>> {
+    let store = store::open(&StoreOptions::new(url))
+        .await
+        .with_context(|| format!("opening {}", store::redact_url(url)))?;
+    let filter = UsageFilter {
+        customer: Some(CustomerId::new(customer)),
+        since: None,
+        until: None,
+        limit: u32::MAX,
+    };
+    let records = store
+        .usage_records(&filter)
+        .await
+        .context("reading the usage records")?;
+    let mut counts = BTreeMap::new();
+    for record in records {
+        *counts.entry(record.method).or_default() += 1;
+    }
+    Ok(counts)
+}
+
+/// What an HTTP path was sent: sessions opened (one `initialize` each) and
+/// `tools/call`s answered (warm-up included).
+#[derive(Clone, Copy)]
+struct Sent {
+    sessions: u64,
+    calls: u64,
+}
+
+/// A metered row's usage records, against what the bench sent.
+struct RecordCheck {
+    sent: Sent,
+    by_method: BTreeMap<String, u64>,
+}
+
+impl RecordCheck {
+    fn count(&self, method: &str) -> u64 {
+        self.by_method.get(method).copied().unwrap_or(0)
+    }
+
+    /// Exactly one record per call and per `initialize`, and no others.
+    fn ok(&self) -> bool {
+        let total: u64 = self.by_method.values().sum();
+        self.count("tools/call") == self.sent.calls
+            && self.count("initialize") == self.sent.sessions
+            && total == self.sent.calls + self.sent.sessions
+    }
+
+    /// E.g. `records: 9 of 9 calls (tools/call), 2 of 2 initialize: ok`.
+    fn describe(&self) -> String {
+        let mut text = format!(
+            "records: {} of {} calls (tools/call), {} of {} initialize",
+            self.count("tools/call"),
+            self.sent.calls,
+            self.count("initialize"),
+            self.sent.sessions
+        );
+        if self.ok() {
+            text.push_str(": ok");
+        } else {
+            let _ = write!(text, ": MISMATCH, records by method {:?}", self.by_method);
+        }
+        text
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Report
 
 fn us(v: f64) -> String {
@@ -1068,9 +1451,21 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "MISSED" }
 }
 
-fn report(results: &[PathResult], settings: &Settings, skipped: Option<&str>) -> String {
+/// Width of the path column: the longest row name.
+fn name_width(results: &[PathResult]) -> usize {
+    let longest = results.iter().map(|r| r.name.chars().count()).max();
+    longest.unwrap_or(0).max(28)
+}
+
+fn report(
+    results: &[PathResult],
+    settings: &Settings,
+    skipped: Option<&str>,
+    metered_notes: &[String],
+) -> String {
     let mut out = String::new();
     let direct = &results[0];
+    let w = name_width(results);
     let _ = writeln!(
         out,
         "\nLatency, 1 client, {} sequential tools/call echo after {} warm-up calls",
@@ -1078,7 +1473,7 @@ fn report(results: &[PathResult], settings: &Settings, skipped: Option<&str>) ->
     );
     let _ = writeln!(
         out,
-        "{:<28} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}",
+        "{:<w$} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}",
         "path", "p50", "p99", "mean", "max", "added p50", "added p99"
     );
     for r in results {
@@ -1092,7 +1487,7 @@ fn report(results: &[PathResult], settings: &Settings, skipped: Option<&str>) ->
         };
         let _ = writeln!(
             out,
-            "{:<28} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}",
+            "{:<w$} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}",
             r.name,
             us(r.latency.p50),
             us(r.latency.p99),
@@ -1108,7 +1503,7 @@ fn report(results: &[PathResult], settings: &Settings, skipped: Option<&str>) ->
         "\nThroughput, calls/s over {:.1} s (after {:.1} s warm-up); stdio: N in-flight requests on one pipe, HTTP: N sessions",
         settings.secs, settings.warmup_secs
     );
-    let _ = write!(out, "{:<28}", "path");
+    let _ = write!(out, "{:<w$}", "path");
     for n in &settings.clients {
         let _ = write!(
             out,
@@ -1118,7 +1513,7 @@ fn report(results: &[PathResult], settings: &Settings, skipped: Option<&str>) ->
     }
     let _ = writeln!(out);
     for r in results {
-        let _ = write!(out, "{:<28}", r.name);
+        let _ = write!(out, "{:<w$}", r.name);
         for rate in &r.throughput {
             let _ = write!(out, " {:>13.0}", rate);
         }
@@ -1129,14 +1524,14 @@ fn report(results: &[PathResult], settings: &Settings, skipped: Option<&str>) ->
         out,
         "\nCPU used in those windows, in cores (1.00 = one core busy), as bench client / proxy / upstream process(es)"
     );
-    let _ = write!(out, "{:<28}", "path");
+    let _ = write!(out, "{:<w$}", "path");
     for n in &settings.clients {
         let label = format!("{n} client{}", if *n == 1 { "" } else { "s" });
         let _ = write!(out, " {label:>20}");
     }
     let _ = writeln!(out);
     for r in results {
-        let _ = write!(out, "{:<28}", r.name);
+        let _ = write!(out, "{:<w$}", r.name);
         for used in &r.cpu {
             // The direct path's measured process is the upstream itself.
             let cell = if r.name == DIRECT {
@@ -1189,6 +1584,8 @@ fn report(results: &[PathResult], settings: &Settings, skipped: Option<&str>) ->
         }
     }
 
+    report_metering(&mut out, results, settings, metered_notes);
+
     let _ = writeln!(out, "\nTargets (reported, not asserted)");
     if let Some(stdio) = stdio {
         let a50 = stdio.latency.p50 - direct.latency.p50;
@@ -1238,6 +1635,42 @@ fn report(results: &[PathResult], settings: &Settings, skipped: Option<&str>) ->
     out
 }
 
+/// The metered rows against the passthrough HTTP row of the same run, and
+/// their usage-record checks.
+fn report_metering(
+    out: &mut String,
+    results: &[PathResult],
+    settings: &Settings,
+    notes: &[String],
+) {
+    let _ = writeln!(
+        out,
+        "\nMetering: auth (one key lookup per call) + usage (one record per call), over {HTTP_PROXY} in this run"
+    );
+    for note in notes {
+        let _ = writeln!(out, "  {note}");
+    }
+    let Some(http) = results.iter().find(|r| r.name == HTTP_PROXY) else {
+        return;
+    };
+    for r in results.iter().filter(|r| r.records.is_some()) {
+        let _ = write!(
+            out,
+            "  {}: added p50 {}, p99 {}; calls/s ÷ passthrough",
+            r.name,
+            signed_us(r.latency.p50 - http.latency.p50),
+            signed_us(r.latency.p99 - http.latency.p99)
+        );
+        for (i, n) in settings.clients.iter().enumerate() {
+            let _ = write!(out, " {n}: ×{:.2}", r.throughput[i] / http.throughput[i]);
+        }
+        let _ = writeln!(out);
+        if let Some(check) = &r.records {
+            let _ = writeln!(out, "    {}", check.describe());
+        }
+    }
+}
+
 /// `/proc/loadavg`'s first three fields.
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -1263,12 +1696,14 @@ const STDIO_PROXY: &str = "mcp-meter stdio→stdio";
 const HTTP_PROXY: &str = "mcp-meter HTTP→stdio";
 const SUPERGATEWAY: &str = "supergateway HTTP→stdio";
 
+const METERED_SQLITE: &str = "HTTP proxy + auth + usage (SQLite)";
+const METERED_POSTGRES: &str = "HTTP proxy + auth + usage (PostgreSQL)";
+
 async fn run(settings: Settings) -> Res<()> {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_mcp-meter"));
     if !bin.exists() {
         return Err(format!("the mcp-meter binary is missing at {}", bin.display()).into());
     }
-    let bin_text = bin.to_str().context("binary path is not UTF-8")?.to_owned();
     println!("proxy_overhead: mcp-meter at {}", bin.display());
     println!(
         "  {} logical CPUs; client runtime: {} thread(s); {} latency calls, {} warm-up; throughput {:.1} s per point with {:?} clients; mcp-meter RUST_LOG={}",
@@ -1283,23 +1718,81 @@ async fn run(settings: Settings) -> Res<()> {
             .as_deref()
             .unwrap_or("(unset: default info, call log on)")
     );
+    println!(
+        "  metered rows: {:?} (PROXY_BENCH_METERED=sqlite,postgres picks them, 0 skips them)",
+        settings.metered
+    );
 
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let (metered, notes) = set_up_metered(&bin, dir.path(), &settings).await?;
+    let outcome = measure_and_report(&bin, &metered, &notes, &settings).await;
+    remove_all(&metered).await;
+    outcome
+}
+
+/// Starts every path, measures them, stops them, checks the metered rows'
+/// usage records and prints the report. Fails after the report when a
+/// metered row's records do not match its calls.
+async fn measure_and_report(
+    bin: &Path,
+    metered: &[Metered],
+    metered_notes: &[String],
+    settings: &Settings,
+) -> Res<()> {
     let load_before = load_average();
+    let (subjects, skipped) = start_subjects(bin, metered, settings).await?;
+    let mut results = measure_all(&subjects, settings).await?;
+    for subject in subjects {
+        subject.stop().await?;
+    }
+    println!(
+        "  load average (1/5/15 min) before: {load_before}, after: {}",
+        load_average()
+    );
+    check_usage_records(&mut results, metered).await?;
+
+    print!(
+        "{}",
+        report(&results, settings, skipped.as_deref(), metered_notes)
+    );
+    if results
+        .iter()
+        .any(|r| r.records.as_ref().is_some_and(|check| !check.ok()))
+    {
+        return Err("usage records do not match the calls made (see Metering above)".into());
+    }
+    Ok(())
+}
+
+/// Starts every measured path, in report order; also returns why
+/// supergateway is not among them, if it is not.
+async fn start_subjects(
+    bin: &Path,
+    metered: &[Metered],
+    settings: &Settings,
+) -> Res<(Vec<Subject>, Option<String>)> {
+    let bin_text = bin.to_str().context("binary path is not UTF-8")?;
     let mut subjects = Vec::new();
 
-    let mut command = mcp_meter_command(&bin, &["demo-upstream"], &settings);
+    let mut command = mcp_meter_command(bin, &["demo-upstream"], settings);
     command.env_remove("RUST_LOG");
     subjects.push(Subject::stdio(DIRECT, command).await?);
 
     let command = mcp_meter_command(
-        &bin,
-        &["wrap", "--stdio", "--", &bin_text, "demo-upstream"],
-        &settings,
+        bin,
+        &["wrap", "--stdio", "--", bin_text, "demo-upstream"],
+        settings,
     );
     subjects.push(Subject::stdio(STDIO_PROXY, command).await?);
 
-    let (proc, url) = start_mcp_meter_http(&bin, &settings).await?;
-    subjects.push(Subject::http(HTTP_PROXY, proc, url, &settings).await?);
+    let (proc, url) = start_mcp_meter_http(bin, None, settings).await?;
+    subjects.push(Subject::http(HTTP_PROXY, proc, url, None, settings).await?);
+
+    for m in metered {
+        let (proc, url) = start_mcp_meter_http(bin, Some(&m.config), settings).await?;
+        let name = m.database.row();
+        subjects.push(Subject::http(name, proc, url, Some(&m.key), settings).await?);
+    }
 
     let mut skipped = None;
     if !settings.supergateway {
@@ -1310,23 +1803,26 @@ async fn run(settings: Settings) -> Res<()> {
             supergateway_version(),
             script.display()
         );
-        let (proc, url) = start_supergateway(&script, &bin).await?;
-        subjects.push(Subject::http(SUPERGATEWAY, proc, url, &settings).await?);
+        let (proc, url) = start_supergateway(&script, bin).await?;
+        subjects.push(Subject::http(SUPERGATEWAY, proc, url, None, settings).await?);
     } else {
         let note = "not installed: run `npm ci --prefix tests/peers` to include it".to_owned();
         println!("  note: supergateway skipped ({note})");
         skipped = Some(note);
     }
+    Ok((subjects, skipped))
+}
 
-    let latencies = measure_latencies(&subjects, &settings).await?;
-
+/// Latency on all paths (interleaved), then throughput path by path.
+async fn measure_all(subjects: &[Subject], settings: &Settings) -> Res<Vec<PathResult>> {
+    let latencies = measure_latencies(subjects, settings).await?;
     let mut results = Vec::new();
     for (subject, latency) in subjects.iter().zip(latencies) {
         let mut throughput = Vec::new();
         let mut cpu = Vec::new();
         for &n in &settings.clients {
             eprintln!("[{}] throughput: {n} clients", subject.name);
-            let (rate, used) = measure_throughput(subject.callers(n), subject.pid(), &settings)
+            let (rate, used) = measure_throughput(subject.callers(n), subject.pid(), settings)
                 .await
                 .map_err(|e| subject.fail(e))?;
             throughput.push(rate);
@@ -1337,17 +1833,29 @@ async fn run(settings: Settings) -> Res<()> {
             latency,
             throughput,
             cpu,
+            sent: subject.sent(),
+            records: None,
         });
     }
-    for subject in subjects {
-        subject.stop().await?;
-    }
-    println!(
-        "  load average (1/5/15 min) before: {load_before}, after: {}",
-        load_average()
-    );
+    Ok(results)
+}
 
-    print!("{}", report(&results, &settings, skipped.as_deref()));
+/// Reads each metered row's usage records into its result. Run once the
+/// proxies have stopped: they write every queued record before exiting.
+async fn check_usage_records(results: &mut [PathResult], metered: &[Metered]) -> Res<()> {
+    for m in metered {
+        let name = m.database.row();
+        let result = results
+            .iter_mut()
+            .find(|r| r.name == name)
+            .with_context(|| format!("no result for {name}"))?;
+        let sent = result
+            .sent
+            .with_context(|| format!("{name}: no call count"))?;
+        let check = m.check_records(sent).await?;
+        eprintln!("[{name}] {}", check.describe());
+        result.records = Some(check);
+    }
     Ok(())
 }
 
