@@ -12,7 +12,9 @@ use mcp_meter::store::{
     self, Backend, DailyUsage, NewApiKey, OpenError, StoreOptions, UsageFilter,
 };
 use mcp_meter_plugin::identity::{CallId, CustomerId, CustomerStatus, KeyId, KeyScope, UnixMillis};
-use mcp_meter_plugin::ports::{NewCustomer, StoreError, UsageOutcome, UsageRecord};
+use mcp_meter_plugin::ports::{
+    CustomerDirectory, NewCustomer, StoreError, UsageOutcome, UsageRecord,
+};
 
 /// 2026-03-14T00:00:00Z.
 const DAY0: i64 = 1_773_446_400_000;
@@ -328,7 +330,9 @@ async fn keys_are_found_by_hash_and_revoked_once(db: TestDb) {
     assert_eq!(key.customer_id, owner.id);
     assert_eq!(key.revoked_at, None);
 
-    let grant = store
+    // The plugins get the store as their port.
+    let directory: Arc<dyn CustomerDirectory> = store.clone();
+    let grant = directory
         .find_key_by_hash(&[7; 32])
         .await
         .expect("find")

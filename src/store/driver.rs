@@ -71,11 +71,6 @@ pub(super) trait Driver:
     fn connect_failure(error: &dyn DatabaseError) -> Option<ConnectFailure>;
 }
 
-/// [`Driver::SKIP_STORED_RETURNING_NEW`] for SQLite (3.35 and later) and
-/// PostgreSQL.
-pub(super) const ON_CONFLICT_SKIP_STORED: &str =
-    " ON CONFLICT (call_id) DO NOTHING RETURNING call_id";
-
 /// [`Driver::ADD_TO_DAILY`] in the `ON CONFLICT` dialect (SQLite,
 /// PostgreSQL).
 pub(super) const ON_CONFLICT_ADD_TO_DAILY: &str = " ON CONFLICT (day, customer_id, method, tool) DO UPDATE SET \

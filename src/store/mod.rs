@@ -12,8 +12,8 @@
 //!
 //! The logic is written once over a sqlx [`Database`](sqlx::Database)
 //! (`driver`, `statement`, then `customers`, `keys`, `usage`); `sqlite`,
-//! `postgres` and `mysql` hold only what differs per backend. This module must never hold a secret in clear: keys
-//! arrive as their SHA-256 hash.
+//! `postgres` and `mysql` hold only what differs per backend. This module
+//! must never hold a secret in clear: keys arrive as their SHA-256 hash.
 
 mod customers;
 mod driver;

@@ -1,4 +1,5 @@
-//! PostgreSQL: errors are told apart by SQLSTATE.
+//! PostgreSQL: the usage write learns which rows it inserted from
+//! `RETURNING`; errors are told apart by SQLSTATE.
 
 use sqlx::Postgres;
 use sqlx::error::DatabaseError;
@@ -6,12 +7,13 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::PgConnectOptions;
 
 use super::Backend;
-use super::driver::{ConnectFailure, Driver, ON_CONFLICT_ADD_TO_DAILY, ON_CONFLICT_SKIP_STORED};
+use super::driver::{ConnectFailure, Driver, ON_CONFLICT_ADD_TO_DAILY};
 
 impl Driver for Postgres {
     const BACKEND: Backend = Backend::Postgres;
     const BEGIN_WRITE: &'static str = "BEGIN";
-    const SKIP_STORED_RETURNING_NEW: Option<&'static str> = Some(ON_CONFLICT_SKIP_STORED);
+    const SKIP_STORED_RETURNING_NEW: Option<&'static str> =
+        Some(" ON CONFLICT (call_id) DO NOTHING RETURNING call_id");
     const ADD_TO_DAILY: &'static str = ON_CONFLICT_ADD_TO_DAILY;
     // The wire protocol counts parameters in 16 bits.
     const MAX_PARAMS: usize = 65_535;

@@ -3,13 +3,13 @@
 //!
 //! A batch may be sent again (the recorder retries after a fault), so a
 //! record whose `call_id` is already stored is skipped and only the records
-//! actually inserted are added to the roll-up. SQLite and PostgreSQL say
-//! which rows they inserted (`ON CONFLICT DO NOTHING RETURNING call_id`).
-//! MySQL cannot, so there the store first reads which of the batch's ids
-//! exist and inserts the rest with plain INSERTs: if a concurrent writer
-//! slipped the same id in between, the INSERT fails on the primary key, the
-//! transaction rolls back and runs again. Either way nothing is counted
-//! twice.
+//! actually inserted are added to the roll-up. PostgreSQL says which rows it
+//! inserted (`ON CONFLICT DO NOTHING RETURNING call_id`). Elsewhere the store
+//! first reads which of the batch's ids exist and inserts the rest with
+//! plain INSERTs: SQLite holds the write lock from `BEGIN IMMEDIATE`, so no
+//! one can slip in between; on MySQL a concurrent writer can, and then the
+//! INSERT fails on the primary key, the transaction rolls back and runs
+//! again. Either way nothing is counted twice.
 
 use std::collections::HashSet;
 
@@ -24,7 +24,7 @@ use super::rows::{self, DAILY_COLUMNS, USAGE_COLUMNS};
 use super::statement::Statement;
 use super::{DailyUsage, UsageFilter};
 
-/// How often a batch that lost a race is run again.
+/// How many times in all a batch is tried while it keeps losing races.
 const ATTEMPTS: usize = 4;
 /// The most rows one INSERT carries (also under every backend's parameter
 /// limit).
