@@ -456,24 +456,9 @@ async fn usage_records(db: &TestDb) {
         url,
         &["usage", "--customer", &customer, "--daily", "--json"],
     );
-    let calls: i64 = daily
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["calls"].as_i64().unwrap())
-        .sum();
-    let errors: i64 = daily
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["errors"].as_i64().unwrap())
-        .sum();
-    let bytes_in: i64 = daily
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["bytes_in"].as_i64().unwrap())
-        .sum();
+    let calls = total(&daily, "calls");
+    let errors = total(&daily, "errors");
+    let bytes_in = total(&daily, "bytes_in");
     assert_eq!(calls as usize, records.len());
     assert_eq!(
         errors as usize,
@@ -501,6 +486,15 @@ async fn usage_records_on_postgres() {
 #[tokio::test]
 async fn usage_records_on_mysql() {
     usage_records(&TestDb::mysql().await).await;
+}
+
+/// The sum of one integer field over a JSON array of rows.
+fn total(rows: &Value, field: &str) -> i64 {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row[field].as_i64().unwrap())
+        .sum()
 }
 
 /// SIGTERM while calls are in flight: every call that got an answer has its
