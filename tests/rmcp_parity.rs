@@ -239,6 +239,8 @@ enum Kind {
 struct NodeHttp {
     child: Child,
     url: String,
+    /// Everything node wrote to stderr, shown if the test fails.
+    stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl NodeHttp {
@@ -262,16 +264,25 @@ impl NodeHttp {
                 .spawn()
                 .expect("spawn node streamableHttp");
             let stderr = child.stderr.take().unwrap();
+            let log = Arc::new(Mutex::new(Vec::new()));
             let (tx, rx) = std::sync::mpsc::channel();
+            let kept = log.clone();
             std::thread::spawn(move || {
                 use std::io::BufRead;
+                // Drain stderr for as long as node runs, not just until the
+                // readiness line: once the pipe's read end is closed, node's
+                // next console.error fails with EPIPE, an unhandled 'error'
+                // event that kills the server mid-test (it logs a line
+                // whenever a session closes with a roots/list request still
+                // pending).
                 for line in std::io::BufReader::new(stderr)
                     .lines()
                     .map_while(Result::ok)
                 {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
+                    kept.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(line.clone());
+                    let _ = tx.send(line);
                 }
             });
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -281,6 +292,7 @@ impl NodeHttp {
                         return NodeHttp {
                             child,
                             url: format!("http://127.0.0.1:{port}/mcp"),
+                            stderr: log,
                         };
                     }
                     Ok(line) => last.push(line),
@@ -301,6 +313,17 @@ impl NodeHttp {
 
 impl Drop for NodeHttp {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let state = match self.child.try_wait() {
+                Ok(Some(status)) => format!("exited early ({status})"),
+                _ => "still running".to_owned(),
+            };
+            let log = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
+            eprintln!(
+                "server-everything streamableHttp {state}; its stderr:\n{}",
+                log.join("\n")
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
