@@ -87,6 +87,19 @@ prefixed_id!(
     "call_"
 );
 
+impl CallId {
+    /// Random characters after the prefix (about 143 bits).
+    const RANDOM_CHARS: usize = 24;
+
+    /// A fresh call id: `call_` and 24 random base62 characters, unique
+    /// across processes and instances.
+    pub fn generate() -> Self {
+        use rand::distr::{Alphanumeric, SampleString};
+        let body = Alphanumeric.sample_string(&mut rand::rng(), Self::RANDOM_CHARS);
+        Self(format!("{}{body}", Self::PREFIX).into())
+    }
+}
+
 /// Whether a customer may make calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -174,8 +187,9 @@ impl KeyScope {
     }
 }
 
-/// `pattern` matches `name` exactly, or as a prefix when it ends in `*`.
-fn glob(pattern: &str, name: &str) -> bool {
+/// `pattern` matches `name` exactly, or as a prefix when it ends in `*`
+/// (the tool and method patterns of key scopes and plans).
+pub fn glob(pattern: &str, name: &str) -> bool {
     match pattern.strip_suffix('*') {
         Some(prefix) => name.starts_with(prefix),
         None => pattern == name,

@@ -40,6 +40,7 @@
 mod error;
 pub mod identity;
 pub mod jsonrpc;
+pub mod ledger;
 mod plugin;
 pub mod ports;
 mod request;

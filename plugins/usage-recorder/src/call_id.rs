@@ -1,15 +1,10 @@
 //! Call ids: `call_` and 24 random base62 characters.
 
 use mcp_meter_plugin::identity::CallId;
-use rand::distr::{Alphanumeric, SampleString};
-
-/// The number of random characters after the prefix (about 143 bits).
-const RANDOM_CHARS: usize = 24;
 
 /// A fresh call id, unique across processes and instances.
 pub(crate) fn new_call_id() -> CallId {
-    let body = Alphanumeric.sample_string(&mut rand::rng(), RANDOM_CHARS);
-    CallId::new(format!("{}{body}", CallId::PREFIX))
+    CallId::generate()
 }
 
 #[cfg(test)]
@@ -21,7 +16,7 @@ mod tests {
         let a = new_call_id();
         let b = new_call_id();
         assert_ne!(a, b);
-        assert_eq!(a.as_str().len(), CallId::PREFIX.len() + RANDOM_CHARS);
+        assert_eq!(a.as_str().len(), CallId::PREFIX.len() + 24);
         assert!(CallId::parse(a.as_str()).is_some(), "{a}");
     }
 }

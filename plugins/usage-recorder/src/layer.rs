@@ -150,6 +150,8 @@ where
         // fault (no response extensions) still names its customer.
         let slot = CallerSlot::new();
         request.extensions.insert(slot.clone());
+        // Inner layers (billing) tie their ledger entries to this record.
+        request.extensions.insert(record.call_id.clone());
         let mut guard = RecordGuard {
             record: Some(record),
             started,

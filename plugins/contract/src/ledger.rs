@@ -1,0 +1,533 @@
+//! The ledger port: what the billing plugin needs from storage to charge a
+//! call exactly once and to keep prepaid balances exact.
+//!
+//! Money here is always an integer count of a plan's smallest unit: whole
+//! credits for prepaid plans, micro-units (millionths) of the currency for
+//! priced plans. Nothing in this module may use floating point.
+//!
+//! Every write is one transaction and is idempotent: a reservation is keyed
+//! by its [`ChargeKey`] (one logical call), a grant or adjustment by the
+//! operator's idempotency key. A write that was already applied answers
+//! with what it found instead of applying again, so a retried settlement,
+//! a replayed grant or a client that repeats a request id is never charged
+//! twice. A balance never goes below zero: a debit is a conditional update
+//! that the database applies atomically, also with several mcp-meter
+//! instances on one database.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{CallId, CustomerId, UnixMillis};
+use crate::ports::StoreError;
+
+/// Identifies one logical call for charging: a retry of the same call maps
+/// to the same key, a different call never does. Built by the billing
+/// plugin from the customer, the session and the request.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ChargeKey(Arc<str>);
+
+impl ChargeKey {
+    /// Wraps a key.
+    pub fn new(key: impl Into<Arc<str>>) -> Self {
+        Self(key.into())
+    }
+
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ChargeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for ChargeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a ledger entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// Credits taken from the balance before a call is forwarded.
+    Reservation,
+    /// The final cost of a reserved call; its amount is what was returned
+    /// to the balance when the actual cost was below the reservation.
+    Settlement,
+    /// A reserved call that failed: the whole reservation returned.
+    Refund,
+    /// Credits given by a plan's periodic grant or by the operator.
+    Grant,
+    /// Credits bought (a paid checkout).
+    Purchase,
+    /// A manual correction by the operator (positive or negative).
+    Adjustment,
+    /// A charge accrued to the customer's bill (priced plans): no balance
+    /// moves, the amount is owed for the period.
+    Charge,
+    /// Credits that expired when a periodic grant reset the balance.
+    Expiry,
+}
+
+impl EntryKind {
+    /// The snake_case name stored in the database.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EntryKind::Reservation => "reservation",
+            EntryKind::Settlement => "settlement",
+            EntryKind::Refund => "refund",
+            EntryKind::Grant => "grant",
+            EntryKind::Purchase => "purchase",
+            EntryKind::Adjustment => "adjustment",
+            EntryKind::Charge => "charge",
+            EntryKind::Expiry => "expiry",
+        }
+    }
+
+    /// The kind stored as `text`.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "reservation" => EntryKind::Reservation,
+            "settlement" => EntryKind::Settlement,
+            "refund" => EntryKind::Refund,
+            "grant" => EntryKind::Grant,
+            "purchase" => EntryKind::Purchase,
+            "adjustment" => EntryKind::Adjustment,
+            "charge" => EntryKind::Charge,
+            "expiry" => EntryKind::Expiry,
+            _ => return None,
+        })
+    }
+}
+
+/// One row of the append-only ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LedgerEntry {
+    /// Position in the ledger (increasing).
+    pub id: i64,
+    /// Whose balance or bill.
+    pub customer_id: CustomerId,
+    /// What happened.
+    pub kind: EntryKind,
+    /// The signed change: to the balance for credits (a reservation is
+    /// negative, a refund positive), or the amount owed for a charge.
+    pub amount: i64,
+    /// `credits`, or the ISO currency code (lower case) of a charge, whose
+    /// amount is in micro-units.
+    pub unit: String,
+    /// The balance right after this entry (credits only).
+    pub balance_after: Option<i64>,
+    /// The call this entry belongs to, if any.
+    pub call_id: Option<CallId>,
+    /// The plan the call was charged under.
+    pub plan_id: Option<String>,
+    /// The tool, for a call.
+    pub tool: Option<String>,
+    /// The key that makes the entry unique (charge key with the entry kind,
+    /// or the operator's idempotency key).
+    pub idempotency_key: String,
+    /// Why (a refund's failure kind, an adjustment's note).
+    pub reason: Option<String>,
+    /// When.
+    pub created_at: UnixMillis,
+}
+
+/// Credits to take from a balance before a call is forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// Whose balance.
+    pub customer_id: CustomerId,
+    /// The logical call.
+    pub charge_key: ChargeKey,
+    /// The usage record of the call that makes the reservation.
+    pub call_id: CallId,
+    /// Credits to take (at least 1).
+    pub amount: i64,
+    /// The plan the call is charged under.
+    pub plan_id: String,
+    /// The tool called.
+    pub tool: Option<String>,
+    /// When.
+    pub at: UnixMillis,
+}
+
+/// What a reservation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    /// The credits were taken; the call may go ahead.
+    Reserved {
+        /// Which attempt of the logical call this is (1 for the first; a
+        /// call that was refunded and is retried reserves again).
+        attempt: i64,
+        /// The balance after the debit.
+        balance_after: i64,
+    },
+    /// This logical call already holds a reservation or was settled: it is
+    /// not charged again.
+    AlreadyCharged,
+    /// The balance is below the amount; nothing was taken.
+    Insufficient {
+        /// The balance as it is.
+        balance: i64,
+    },
+}
+
+/// The end of a reserved call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    /// Whose balance.
+    pub customer_id: CustomerId,
+    /// The logical call.
+    pub charge_key: ChargeKey,
+    /// The attempt that holds the reservation.
+    pub attempt: i64,
+    /// What the call cost in the end: at most the reserved amount (the rest
+    /// returns to the balance). Ignored for a refund.
+    pub actual: i64,
+    /// `None`: the call is settled at `actual`. `Some(reason)`: the call
+    /// failed and the whole reservation is refunded, with this reason.
+    pub refund_reason: Option<String>,
+    /// When.
+    pub at: UnixMillis,
+}
+
+/// What a settlement did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleOutcome {
+    /// Settled or refunded now.
+    Applied {
+        /// Credits returned to the balance.
+        returned: i64,
+        /// The balance afterwards.
+        balance_after: i64,
+    },
+    /// The attempt was already settled or refunded; nothing changed.
+    AlreadySettled,
+    /// There is no reservation for this attempt.
+    NoReservation,
+}
+
+/// Credits added or removed by the operator, a purchase or a plan's
+/// periodic grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalanceChange {
+    /// Whose balance.
+    pub customer_id: CustomerId,
+    /// [`EntryKind::Grant`], [`EntryKind::Purchase`] or
+    /// [`EntryKind::Adjustment`].
+    pub kind: EntryKind,
+    /// Signed credits (only an adjustment may be negative).
+    pub amount: i64,
+    /// Makes the change apply once: a second change with the same key
+    /// (for this customer) is answered with [`ChangeOutcome::AlreadyApplied`].
+    pub idempotency_key: String,
+    /// A note kept in the ledger.
+    pub reason: Option<String>,
+    /// When.
+    pub at: UnixMillis,
+}
+
+/// What a balance change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeOutcome {
+    /// Applied now.
+    Applied {
+        /// The balance afterwards.
+        balance_after: i64,
+    },
+    /// A change with this idempotency key was applied before; nothing
+    /// changed.
+    AlreadyApplied {
+        /// The balance as it is.
+        balance: i64,
+    },
+    /// The change would take the balance below zero; nothing changed.
+    WouldGoNegative {
+        /// The balance as it is.
+        balance: i64,
+    },
+}
+
+/// How a period's call count prices one more call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum PriceSchedule {
+    /// Every call at one price.
+    Flat {
+        /// Micro-units per call.
+        price: i64,
+    },
+    /// All of the period's calls at the price of the tier the count has
+    /// reached: the `n`th call costs `n·p(n) − (n−1)·p(n−1)` so that the
+    /// period's charges always add up to `count × price of its tier` (the
+    /// call that enters a cheaper tier carries a negative difference).
+    Volume {
+        /// Tiers in increasing `up_to`; the last has `up_to: None`.
+        tiers: Vec<Tier>,
+    },
+    /// Each call at the price of the tier its own number falls in.
+    Graduated {
+        /// Tiers in increasing `up_to`; the last has `up_to: None`.
+        tiers: Vec<Tier>,
+    },
+}
+
+/// One price tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tier {
+    /// The last call number (in the period) this tier covers; `None` for
+    /// the open-ended last tier.
+    pub up_to: Option<i64>,
+    /// Micro-units per call.
+    pub price: i64,
+}
+
+impl PriceSchedule {
+    /// The charge for the period's `n`th call (`n ≥ 1`), saturating
+    /// instead of overflowing.
+    pub fn charge_for_call(&self, n: i64) -> i64 {
+        match self {
+            PriceSchedule::Flat { price } => *price,
+            PriceSchedule::Graduated { tiers } => tier_price(tiers, n),
+            PriceSchedule::Volume { tiers } => {
+                let total = |k: i64| k.saturating_mul(tier_price(tiers, k));
+                total(n).saturating_sub(total(n.saturating_sub(1)))
+            }
+        }
+    }
+
+    /// What the period's first `n` calls cost in all.
+    pub fn total_for_calls(&self, n: i64) -> i64 {
+        match self {
+            PriceSchedule::Flat { price } => n.saturating_mul(*price),
+            PriceSchedule::Volume { tiers } => n.saturating_mul(tier_price(tiers, n)),
+            PriceSchedule::Graduated { tiers } => {
+                let mut total = 0i64;
+                let mut covered = 0i64;
+                for tier in tiers {
+                    let end = tier.up_to.unwrap_or(i64::MAX).min(n);
+                    if end > covered {
+                        total = total.saturating_add((end - covered).saturating_mul(tier.price));
+                        covered = end;
+                    }
+                    if covered >= n {
+                        break;
+                    }
+                }
+                total
+            }
+        }
+    }
+}
+
+/// The price of the tier call number `n` falls in (0 for `n ≤ 0`).
+fn tier_price(tiers: &[Tier], n: i64) -> i64 {
+    if n <= 0 {
+        return 0;
+    }
+    tiers
+        .iter()
+        .find(|t| t.up_to.is_none_or(|up_to| n <= up_to))
+        .or(tiers.last())
+        .map_or(0, |t| t.price)
+}
+
+/// A call to put on a priced plan's bill, counted in its period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accrual {
+    /// Whose bill.
+    pub customer_id: CustomerId,
+    /// The logical call (a charge is made once per key).
+    pub charge_key: ChargeKey,
+    /// The usage record of the call.
+    pub call_id: CallId,
+    /// The plan.
+    pub plan_id: String,
+    /// The tool.
+    pub tool: Option<String>,
+    /// The ISO currency code, lower case.
+    pub currency: String,
+    /// Which counter numbers the call within its period (e.g. `calls`).
+    pub counter: String,
+    /// The start of the period the call falls in.
+    pub period_start: UnixMillis,
+    /// How the call's number in the period prices it.
+    pub schedule: PriceSchedule,
+    /// When.
+    pub at: UnixMillis,
+}
+
+/// What an accrual did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccrueOutcome {
+    /// Counted and charged now.
+    Charged {
+        /// The call's number in the period.
+        number: i64,
+        /// The amount charged (micro-units; negative when the call moved
+        /// the period into a cheaper volume tier).
+        amount: i64,
+    },
+    /// This logical call was charged before.
+    AlreadyCharged,
+}
+
+/// A quota counter to move within one period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterStep {
+    /// Whose counter.
+    pub customer_id: CustomerId,
+    /// Which counter (e.g. `free:day` or `free:day:search`).
+    pub counter: String,
+    /// The start of the period (counters of other periods are separate).
+    pub period_start: UnixMillis,
+    /// How much to add (negative to give back).
+    pub delta: i64,
+    /// Refuse the step if the counter would go above this.
+    pub cap: Option<i64>,
+}
+
+/// What a counter step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CounterOutcome {
+    /// Applied; the counter's new value.
+    Counted {
+        /// The value after the step.
+        used: i64,
+    },
+    /// The cap would be passed; nothing changed.
+    CapReached {
+        /// The value as it is.
+        used: i64,
+    },
+}
+
+/// Which ledger entries to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerFilter {
+    /// Only this customer's entries.
+    pub customer: Option<CustomerId>,
+    /// Only entries after this position (for paging).
+    pub after_id: Option<i64>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// The ledger: balances, reservations, settlements, charges and quota
+/// counters.
+#[async_trait]
+pub trait Ledger: Send + Sync + 'static {
+    /// Takes `amount` credits if the balance holds them, keyed by the
+    /// logical call (see [`ReserveOutcome`]).
+    async fn reserve(&self, reservation: &Reservation) -> Result<ReserveOutcome, StoreError>;
+
+    /// Settles or refunds a reservation, once.
+    async fn settle(&self, settlement: &Settlement) -> Result<SettleOutcome, StoreError>;
+
+    /// Applies a grant, purchase or adjustment, once per idempotency key.
+    async fn change_balance(&self, change: &BalanceChange) -> Result<ChangeOutcome, StoreError>;
+
+    /// A customer's balance in credits (0 when none was ever granted).
+    async fn balance(&self, customer: &CustomerId) -> Result<i64, StoreError>;
+
+    /// Counts a call in its period and charges it, once per charge key,
+    /// both in one transaction.
+    async fn accrue(&self, accrual: &Accrual) -> Result<AccrueOutcome, StoreError>;
+
+    /// Moves a quota counter, refusing to pass its cap.
+    async fn step_counter(&self, step: &CounterStep) -> Result<CounterOutcome, StoreError>;
+
+    /// A counter's value in a period (0 when never moved).
+    async fn counter(
+        &self,
+        customer: &CustomerId,
+        counter: &str,
+        period_start: UnixMillis,
+    ) -> Result<i64, StoreError>;
+
+    /// Ledger entries in order.
+    async fn entries(&self, filter: &LedgerFilter) -> Result<Vec<LedgerEntry>, StoreError>;
+}
+
+/// A shared [`Ledger`].
+pub type SharedLedger = Arc<dyn Ledger>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiers() -> Vec<Tier> {
+        vec![
+            Tier {
+                up_to: Some(1000),
+                price: 1000,
+            },
+            Tier {
+                up_to: Some(10_000),
+                price: 800,
+            },
+            Tier {
+                up_to: None,
+                price: 500,
+            },
+        ]
+    }
+
+    #[test]
+    fn volume_charges_add_up_to_the_tier_reached() {
+        let s = PriceSchedule::Volume { tiers: tiers() };
+        let sum = |n: i64| (1..=n).map(|k| s.charge_for_call(k)).sum::<i64>();
+        assert_eq!(sum(1000), 1000 * 1000);
+        // The 1001st call moves all 1001 calls to 800.
+        assert_eq!(s.charge_for_call(1001), 1001 * 800 - 1000 * 1000);
+        assert_eq!(sum(1001), 1001 * 800);
+        assert_eq!(sum(10_000), 10_000 * 800);
+        assert_eq!(sum(10_001), 10_001 * 500);
+        assert_eq!(s.total_for_calls(10_001), 10_001 * 500);
+    }
+
+    #[test]
+    fn graduated_charges_each_call_at_its_own_tier() {
+        let s = PriceSchedule::Graduated { tiers: tiers() };
+        assert_eq!(s.charge_for_call(1000), 1000);
+        assert_eq!(s.charge_for_call(1001), 800);
+        assert_eq!(s.charge_for_call(10_001), 500);
+        let sum: i64 = (1..=10_001).map(|k| s.charge_for_call(k)).sum();
+        assert_eq!(sum, 1000 * 1000 + 9000 * 800 + 500);
+        assert_eq!(s.total_for_calls(10_001), sum);
+        assert_eq!(s.total_for_calls(0), 0);
+    }
+
+    #[test]
+    fn flat_is_one_price() {
+        let s = PriceSchedule::Flat { price: 500 };
+        assert_eq!(s.charge_for_call(1), 500);
+        assert_eq!(s.total_for_calls(10_000), 5_000_000);
+    }
+
+    #[test]
+    fn entry_kinds_round_trip() {
+        for kind in [
+            EntryKind::Reservation,
+            EntryKind::Settlement,
+            EntryKind::Refund,
+            EntryKind::Grant,
+            EntryKind::Purchase,
+            EntryKind::Adjustment,
+            EntryKind::Charge,
+            EntryKind::Expiry,
+        ] {
+            assert_eq!(EntryKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(EntryKind::parse("bogus"), None);
+    }
+}
