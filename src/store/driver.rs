@@ -30,6 +30,12 @@ pub(super) trait Driver:
     /// a transaction that reads first cannot fail on upgrade).
     const BEGIN_WRITE: &'static str;
 
+    /// Appended to a `SELECT` of rows the write transaction is about to
+    /// change: locks them until the transaction ends, so the value read is
+    /// the value the transaction changes (` FOR UPDATE`). Empty on SQLite,
+    /// whose `BEGIN IMMEDIATE` already keeps every other writer out.
+    const FOR_UPDATE: &'static str;
+
     /// Completes `INSERT INTO usage_daily (day, customer_id, method, tool,
     /// calls, errors, units, duration_us, bytes_in, bytes_out) VALUES …` so
     /// that an existing row gets the new totals added.

@@ -1,6 +1,7 @@
-//! The SQL store: customers, API keys and usage in SQLite, PostgreSQL or
+//! The SQL store: customers, API keys, usage and the ledger (balances,
+//! reservations, charges, quota counters) in SQLite, PostgreSQL or
 //! MySQL/MariaDB, behind the contract's ports ([`CustomerDirectory`],
-//! [`UsageSink`]) and the admin methods of [`Store`].
+//! [`UsageSink`], [`Ledger`]) and the admin methods of [`Store`].
 //!
 //! [`open`] parses the `[database] url`, connects once (so a wrong URL, an
 //! unreachable server or bad credentials fail right away with an
@@ -8,18 +9,21 @@
 //! refuses a database migrated by a newer mcp-meter, and hands back a pool
 //! that reconnects by itself. While serving, every fault is a
 //! [`StoreError`]; nothing here retries on behalf of a caller except
-//! `record_usage`, which re-runs a batch that lost a race.
+//! `record_usage` and the ledger's writes, which re-run a transaction that
+//! lost a race.
 //!
 //! The logic is written once over a sqlx [`Database`](sqlx::Database)
-//! (`driver`, `statement`, then `customers`, `keys`, `usage`); `sqlite`,
-//! `postgres` and `mysql` hold only what differs per backend. This module
-//! must never hold a secret in clear: keys arrive as their SHA-256 hash.
+//! (`driver`, `statement`, then `customers`, `keys`, `usage`, `ledger`);
+//! `sqlite`, `postgres` and `mysql` hold only what differs per backend.
+//! This module must never hold a secret in clear: keys arrive as their
+//! SHA-256 hash.
 
 mod customers;
 mod driver;
 mod error;
 mod ids;
 mod keys;
+mod ledger;
 mod mysql;
 mod open;
 mod options;
@@ -38,6 +42,7 @@ use async_trait::async_trait;
 use mcp_meter_plugin::identity::{
     ApiKeyRecord, Customer, CustomerId, CustomerStatus, KeyId, KeyScope, UnixMillis,
 };
+use mcp_meter_plugin::ledger::Ledger;
 use mcp_meter_plugin::ports::{CustomerDirectory, NewCustomer, StoreError, UsageRecord, UsageSink};
 use serde::Serialize;
 
@@ -135,9 +140,10 @@ pub struct DailyUsage {
 }
 
 /// The whole store: the ports the plugins use plus what the CLI and the
-/// management API need.
+/// management API need. An `Arc<dyn Store>` coerces to the port a plugin
+/// takes (`Arc<dyn Ledger>`, `Arc<dyn UsageSink>`, …) by trait upcasting.
 #[async_trait]
-pub trait Store: CustomerDirectory + UsageSink {
+pub trait Store: CustomerDirectory + UsageSink + Ledger {
     /// The database engine behind this store.
     fn backend(&self) -> Backend;
 

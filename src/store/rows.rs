@@ -1,10 +1,12 @@
 //! Rows to domain values: the column lists the queries select and how each
-//! row becomes a [`Customer`], an [`ApiKeyRecord`], a [`UsageRecord`] or a
-//! [`DailyUsage`]. A column order is defined here once and read here only.
+//! row becomes a [`Customer`], an [`ApiKeyRecord`], a [`UsageRecord`], a
+//! [`DailyUsage`] or a [`LedgerEntry`]. A column order is defined here once
+//! and read here only.
 
 use mcp_meter_plugin::identity::{
     ApiKeyRecord, CallId, Customer, CustomerId, CustomerStatus, KeyId, KeyScope, UnixMillis,
 };
+use mcp_meter_plugin::ledger::{EntryKind, LedgerEntry};
 use mcp_meter_plugin::ports::{UsageOutcome, UsageRecord};
 use serde::de::DeserializeOwned;
 
@@ -103,6 +105,32 @@ pub(super) fn daily(row: &impl Read) -> Result<DailyUsage, sqlx::Error> {
         duration_us: row.int(7)?,
         bytes_in: row.int(8)?,
         bytes_out: row.int(9)?,
+    })
+}
+
+/// The ledger entry columns: `id`, then the rest in insert order (12
+/// columns).
+pub(super) const LEDGER_COLUMNS: &str = "id, customer_id, kind, amount, unit, balance_after, \
+     call_id, plan_id, tool, idempotency_key, reason, created_at";
+
+/// Reads a ledger entry (columns as in [`LEDGER_COLUMNS`]).
+pub(super) fn ledger_entry(row: &impl Read) -> Result<LedgerEntry, sqlx::Error> {
+    let id = row.int(0)?;
+    let kind = row.text(2)?;
+    Ok(LedgerEntry {
+        id,
+        customer_id: CustomerId::new(row.text(1)?),
+        kind: EntryKind::parse(&kind)
+            .ok_or_else(|| invalid(&id.to_string(), format!("unknown entry kind {kind:?}")))?,
+        amount: row.int(3)?,
+        unit: row.text(4)?,
+        balance_after: row.opt_int(5)?,
+        call_id: row.opt_text(6)?.map(CallId::new),
+        plan_id: row.opt_text(7)?,
+        tool: row.opt_text(8)?,
+        idempotency_key: row.text(9)?,
+        reason: row.opt_text(10)?,
+        created_at: UnixMillis(row.int(11)?),
     })
 }
 

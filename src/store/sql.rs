@@ -1,10 +1,14 @@
 //! [`SqlStore`]: the ports and the admin methods over one backend's pool.
-//! Each method is one call into `customers`, `keys` or `usage`, with the
-//! fault mapped to the contract's [`StoreError`].
+//! Each method is one call into `customers`, `keys`, `usage` or `ledger`,
+//! with the fault mapped to the contract's [`StoreError`].
 
 use async_trait::async_trait;
 use mcp_meter_plugin::identity::{
     ApiKeyRecord, Customer, CustomerId, CustomerStatus, KeyId, UnixMillis,
+};
+use mcp_meter_plugin::ledger::{
+    Accrual, AccrueOutcome, BalanceChange, ChangeOutcome, CounterOutcome, CounterStep, Ledger,
+    LedgerEntry, LedgerFilter, Reservation, ReserveOutcome, SettleOutcome, Settlement,
 };
 use mcp_meter_plugin::ports::{
     CustomerDirectory, KeyGrant, NewCustomer, StoreError, UsageRecord, UsageSink,
@@ -14,7 +18,7 @@ use sqlx::Pool;
 use super::driver::Driver;
 use super::error::Fault;
 use super::statement::Statement;
-use super::{Backend, DailyUsage, NewApiKey, Store, UsageFilter, customers, keys, usage};
+use super::{Backend, DailyUsage, NewApiKey, Store, UsageFilter, customers, keys, ledger, usage};
 
 /// The store over a pool of one backend.
 pub(super) struct SqlStore<DB: Driver> {
@@ -63,6 +67,46 @@ impl<DB: Driver> CustomerDirectory for SqlStore<DB> {
 impl<DB: Driver> UsageSink for SqlStore<DB> {
     async fn record_usage(&self, batch: &[UsageRecord]) -> Result<(), StoreError> {
         done::<DB, _>(usage::record(&self.pool, batch).await)
+    }
+}
+
+#[async_trait]
+impl<DB: Driver> Ledger for SqlStore<DB> {
+    async fn reserve(&self, reservation: &Reservation) -> Result<ReserveOutcome, StoreError> {
+        done::<DB, _>(ledger::reserve(&self.pool, reservation).await)
+    }
+
+    async fn settle(&self, settlement: &Settlement) -> Result<SettleOutcome, StoreError> {
+        done::<DB, _>(ledger::settle(&self.pool, settlement).await)
+    }
+
+    async fn change_balance(&self, change: &BalanceChange) -> Result<ChangeOutcome, StoreError> {
+        done::<DB, _>(ledger::change_balance(&self.pool, change).await)
+    }
+
+    async fn balance(&self, customer: &CustomerId) -> Result<i64, StoreError> {
+        done::<DB, _>(ledger::balance(&self.pool, customer).await)
+    }
+
+    async fn accrue(&self, accrual: &Accrual) -> Result<AccrueOutcome, StoreError> {
+        done::<DB, _>(ledger::accrue(&self.pool, accrual).await)
+    }
+
+    async fn step_counter(&self, step: &CounterStep) -> Result<CounterOutcome, StoreError> {
+        done::<DB, _>(ledger::step_counter(&self.pool, step).await)
+    }
+
+    async fn counter(
+        &self,
+        customer: &CustomerId,
+        counter: &str,
+        period_start: UnixMillis,
+    ) -> Result<i64, StoreError> {
+        done::<DB, _>(ledger::counter(&self.pool, customer, counter, period_start).await)
+    }
+
+    async fn entries(&self, filter: &LedgerFilter) -> Result<Vec<LedgerEntry>, StoreError> {
+        done::<DB, _>(ledger::entries(&self.pool, filter).await)
     }
 }
 
