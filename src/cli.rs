@@ -92,6 +92,24 @@ pub enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Prepaid credits: grant, adjust, show balances and the ledger.
+    Credits {
+        /// Which database.
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// What to do.
+        #[command(subcommand)]
+        action: CreditsAction,
+    },
+    /// The plans of a configuration, with their effective prices.
+    Plans {
+        /// The configuration file whose [[plans]] to show.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// What to do.
+        #[command(subcommand)]
+        action: PlansAction,
+    },
     /// Show a customer's usage records (or daily roll-ups).
     Usage {
         /// Which database.
@@ -189,6 +207,85 @@ pub enum CustomersAction {
     Resume {
         /// The customer id.
         id: String,
+    },
+}
+
+/// `credits` subcommands. Writes take an idempotency key: running the same
+/// command again with the same key changes nothing.
+#[derive(Debug, Subcommand)]
+pub enum CreditsAction {
+    /// Add credits to a customer's balance.
+    Grant {
+        /// The customer id.
+        #[arg(long)]
+        customer: String,
+        /// Whole credits to add (at least 1).
+        #[arg(long)]
+        amount: i64,
+        /// Makes the grant apply once (default: a new random key).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// A note kept in the ledger.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Correct a balance up or down (never below zero).
+    Adjust {
+        /// The customer id.
+        #[arg(long)]
+        customer: String,
+        /// Signed whole credits, e.g. `-20` or `15`.
+        #[arg(long, allow_hyphen_values = true)]
+        amount: i64,
+        /// Why (kept in the ledger).
+        #[arg(long)]
+        reason: String,
+        /// Makes the adjustment apply once (default: a new random key).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Show a customer's balance.
+    Balance {
+        /// The customer id.
+        #[arg(long)]
+        customer: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show ledger entries, oldest first.
+    Ledger {
+        /// Only this customer's entries.
+        #[arg(long)]
+        customer: Option<String>,
+        /// Start after this entry id (pagination).
+        #[arg(long)]
+        after: Option<i64>,
+        /// Most rows.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `plans` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PlansAction {
+    /// List the plans.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one plan's model and effective prices.
+    Show {
+        /// The plan id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -166,6 +166,14 @@ async fn dispatch(cli: Cli) -> Result<(), RunError> {
             crate::admin::keys(&database, &action).await?;
             Ok(())
         }
+        Command::Credits { database, action } => {
+            crate::admin::billing::credits(&database, &action).await?;
+            Ok(())
+        }
+        Command::Plans { config, action } => {
+            crate::admin::billing::plans(config.as_deref(), &action)?;
+            Ok(())
+        }
         Command::Usage {
             database,
             customer,

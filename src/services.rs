@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use mcp_meter_auth::Authenticator;
 use mcp_meter_auth::jwt::JwtConfigError;
+use mcp_meter_billing::{BillingLayer, Catalog};
+use mcp_meter_plugin::ledger::SharedLedger;
 use mcp_meter_plugin::ports::{SharedClock, SystemClock};
 use mcp_meter_usage_recorder::{RecorderHandle, UsageRecorder};
 use tokio::task::JoinHandle;
@@ -29,6 +31,9 @@ pub enum ServicesError {
     /// The JWT settings cannot work.
     #[error(transparent)]
     Jwt(#[from] JwtConfigError),
+    /// The plans do not compile (`mcp-meter check` lists the same).
+    #[error("the plans have problems:\n  {}", .0.join("\n  "))]
+    Plans(Vec<String>),
 }
 
 /// The running services; [`RunningServices::stop`] ends them in order.
@@ -68,13 +73,14 @@ pub async fn start(config: &Config) -> Result<RunningServices, ServicesError> {
     let store: Arc<dyn Store> = store::open(&store_options(database)).await?;
     tracing::info!(backend = store.backend().as_str(), "database ready");
     let clock: SharedClock = Arc::new(SystemClock);
-    let order = config.plugins.effective_order(true);
+    let order = config.plugin_order();
     let wants = |name: &str| order.iter().any(|n| n == name);
     let mut running = RunningServices {
         services: PluginServices {
             store: Some(store.clone()),
             authenticator: None,
             recorder: None,
+            billing: None,
         },
         recorder: None,
         flusher: None,
@@ -90,6 +96,13 @@ pub async fn start(config: &Config) -> Result<RunningServices, ServicesError> {
         }
         running.flusher = Some(authenticator.spawn_last_used_flusher());
         running.services.authenticator = Some(authenticator);
+    }
+    if wants("billing") {
+        let catalog =
+            Catalog::compile(&config.billing, &config.plans).map_err(ServicesError::Plans)?;
+        let ledger: SharedLedger = store.clone();
+        running.services.billing =
+            Some(BillingLayer::new(Arc::new(catalog), ledger, clock.clone()));
     }
     if wants("usage_recorder") {
         let (layer, handle) = UsageRecorder::start(store.clone(), clock, config.usage.clone());

@@ -5,6 +5,7 @@
 //! A new key is printed once, here, and never stored or shown again: the
 //! store keeps its SHA-256 hash and its visible prefix only.
 
+pub mod billing;
 mod table;
 
 use std::path::Path;
@@ -243,7 +244,7 @@ pub async fn usage(args: &DatabaseArgs, query: UsageQuery<'_>) -> Result<(), Adm
     Ok(())
 }
 
-fn customer_id(text: &str) -> Result<CustomerId, AdminError> {
+pub(crate) fn customer_id(text: &str) -> Result<CustomerId, AdminError> {
     CustomerId::parse(text)
         .ok_or_else(|| AdminError::BadInput(format!("{text:?} is not a customer id (cus_…)")))
 }
@@ -269,7 +270,7 @@ fn optional_time(at: Option<UnixMillis>) -> String {
     at.map(format_time).unwrap_or_default()
 }
 
-fn print_json(value: &impl Serialize) {
+pub(crate) fn print_json(value: &impl Serialize) {
     match serde_json::to_string_pretty(value) {
         Ok(text) => println!("{text}"),
         Err(e) => eprintln!("cannot render JSON: {e}"),

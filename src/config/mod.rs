@@ -90,6 +90,27 @@ pub struct Config {
     /// The usage recorder's queue and batching (the `usage_recorder` plugin).
     #[serde(default)]
     pub usage: mcp_meter_usage_recorder::RecorderConfig,
+    /// Settings shared by all plans (the `billing` plugin).
+    #[serde(default)]
+    pub billing: mcp_meter_billing::plan::BillingConfig,
+    /// The plans customers are on; with any plan, metered calls are charged.
+    #[serde(default)]
+    pub plans: Vec<mcp_meter_billing::plan::PlanConfig>,
+    /// Request-rate and concurrency limits per customer, by plan (the
+    /// `rate_limit` plugin).
+    pub rate_limits: Option<mcp_meter_rate_limit::RateLimitConfig>,
+}
+
+impl Config {
+    /// The plugin names in force, outermost first (see
+    /// [`PluginsConfig::effective_order`]).
+    pub fn plugin_order(&self) -> Vec<String> {
+        self.plugins.effective_order(
+            self.database.is_some(),
+            self.rate_limits.is_some(),
+            !self.plans.is_empty(),
+        )
+    }
 }
 
 /// `[database]`: where customers, keys and usage records live.
@@ -212,10 +233,28 @@ pub struct PluginsConfig {
 
 impl PluginsConfig {
     /// The plugin names in force, outermost first.
-    pub fn effective_order(&self, has_database: bool) -> Vec<String> {
+    /// Without `order`: `call_log` alone for a passthrough; with a
+    /// database, `usage_recorder`, `auth`, then `rate_limit` when there are
+    /// `[rate_limits]`, `billing` when there are plans, then `call_log`.
+    pub fn effective_order(
+        &self,
+        has_database: bool,
+        has_rate_limits: bool,
+        has_plans: bool,
+    ) -> Vec<String> {
         match &self.order {
             Some(order) => order.clone(),
-            None if has_database => vec!["usage_recorder".into(), "auth".into(), "call_log".into()],
+            None if has_database => {
+                let mut order = vec!["usage_recorder".to_owned(), "auth".to_owned()];
+                if has_rate_limits {
+                    order.push("rate_limit".to_owned());
+                }
+                if has_plans {
+                    order.push("billing".to_owned());
+                }
+                order.push("call_log".to_owned());
+                order
+            }
             None => vec!["call_log".into()],
         }
     }
@@ -344,10 +383,7 @@ mod tests {
         let c = load("[upstream]\ncommand = \"sh\"\nargs = [\"-c\", \"cat\"]\n").unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:8080");
         assert_eq!(c.server.max_message_bytes, 4 * 1024 * 1024);
-        assert_eq!(
-            c.plugins.effective_order(c.database.is_some()),
-            vec!["call_log"]
-        );
+        assert_eq!(c.plugin_order(), vec!["call_log"]);
     }
 
     #[test]

@@ -7,10 +7,16 @@ use std::path::{Path, PathBuf};
 use super::{Config, Problem};
 
 /// The plugin names this build knows.
-pub(super) const KNOWN_PLUGINS: &[&str] = &["usage_recorder", "auth", "call_log"];
+pub(super) const KNOWN_PLUGINS: &[&str] = &[
+    "usage_recorder",
+    "auth",
+    "rate_limit",
+    "billing",
+    "call_log",
+];
 
 /// The plugins that need a `[database]`.
-const DATABASE_PLUGINS: &[&str] = &["usage_recorder", "auth"];
+const DATABASE_PLUGINS: &[&str] = &["usage_recorder", "auth", "rate_limit", "billing"];
 
 /// Returns every problem in `config`, in key order.
 pub fn validate(config: &Config) -> Vec<Problem> {
@@ -137,7 +143,14 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     for (path, message) in config.auth.problems() {
         problem(&path, message);
     }
-    let order = config.plugins.effective_order(config.database.is_some());
+    billing_problems(config, &mut problem);
+    if let Some(limits) = &config.rate_limits {
+        for found in limits.validate() {
+            let found = found.under("rate_limits");
+            problem(&found.path, found.message);
+        }
+    }
+    let order = config.plugin_order();
     let mut seen = Vec::new();
     for (i, name) in order.iter().enumerate() {
         let path = format!("plugins.order[{i}]");
@@ -162,6 +175,47 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         seen.push(name);
     }
     problems
+}
+
+/// Checks `[billing]` and `[[plans]]`: every plan problem (with its key
+/// path), that billing has a database, and that the billing layer sits
+/// inside auth (it charges the caller auth identified).
+fn billing_problems(config: &Config, problem: &mut impl FnMut(&str, String)) {
+    if let Err(plan_problems) = mcp_meter_billing::Catalog::compile(&config.billing, &config.plans)
+    {
+        for text in plan_problems {
+            let (path, message) = text.split_once(": ").unwrap_or(("plans", &text));
+            problem(path, message.to_owned());
+        }
+    }
+    if config.plans.is_empty() {
+        return;
+    }
+    if config.database.is_none() {
+        problem(
+            "plans",
+            "billing needs a [database] for customers and the ledger (e.g. url = \"sqlite://mcp-meter.db\")"
+                .into(),
+        );
+    }
+    let order = config.plugin_order();
+    let position = |name: &str| order.iter().position(|n| n == name);
+    match (position("auth"), position("billing")) {
+        (_, None) => problem(
+            "plugins.order",
+            "there are [[plans]] but no \"billing\" plugin, so no call would be charged; add it after \"auth\""
+                .into(),
+        ),
+        (None, Some(_)) => problem(
+            "plugins.order",
+            "\"billing\" needs \"auth\" before it: it charges the customer auth identifies".into(),
+        ),
+        (Some(auth), Some(billing)) if billing < auth => problem(
+            "plugins.order",
+            "\"billing\" must come after \"auth\": it charges the customer auth identifies".into(),
+        ),
+        _ => {}
+    }
 }
 
 /// Finds the program an upstream `command` names: a path as given, or the

@@ -46,6 +46,9 @@ pub enum StartError {
     /// A plugin name this build does not know.
     #[error("unknown plugin {0:?}")]
     UnknownPlugin(String),
+    /// A plugin's configuration cannot work (`mcp-meter check` says the same).
+    #[error("{0}")]
+    PluginConfig(String),
 }
 
 /// One running proxy: its settings and its sessions.

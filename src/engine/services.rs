@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use mcp_meter_auth::Authenticator;
+use mcp_meter_billing::BillingLayer;
 use mcp_meter_usage_recorder::UsageRecorderLayer;
 
 use crate::store::Store;
@@ -19,6 +20,8 @@ pub struct PluginServices {
     pub authenticator: Option<Arc<Authenticator>>,
     /// The usage recorder's layer (its writer task runs elsewhere).
     pub recorder: Option<UsageRecorderLayer>,
+    /// The billing layer (plans and the ledger).
+    pub billing: Option<BillingLayer>,
 }
 
 impl std::fmt::Debug for PluginServices {
@@ -27,6 +30,7 @@ impl std::fmt::Debug for PluginServices {
             .field("store", &self.store.as_ref().map(|s| s.backend()))
             .field("authenticator", &self.authenticator.is_some())
             .field("recorder", &self.recorder.is_some())
+            .field("billing", &self.billing.is_some())
             .finish()
     }
 }

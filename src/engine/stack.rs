@@ -7,6 +7,7 @@ use std::sync::Arc;
 use mcp_meter_auth::AuthLayer;
 use mcp_meter_call_log::CallLogLayer;
 use mcp_meter_plugin::{LayerPlugin, Plugin};
+use mcp_meter_rate_limit::RateLimitLayer;
 
 use super::StartError;
 use super::services::PluginServices;
@@ -21,8 +22,7 @@ pub fn plugins_from_config(
     services: &PluginServices,
 ) -> Result<Vec<Arc<dyn Plugin>>, StartError> {
     config
-        .plugins
-        .effective_order(config.database.is_some())
+        .plugin_order()
         .iter()
         .map(|name| -> Result<Arc<dyn Plugin>, StartError> {
             let missing = || StartError::PluginNotStarted(name.clone());
@@ -35,6 +35,16 @@ pub fn plugins_from_config(
                 "usage_recorder" => {
                     let layer = services.recorder.clone().ok_or_else(missing)?;
                     Arc::new(LayerPlugin::new("usage_recorder", layer))
+                }
+                "rate_limit" => {
+                    let limits = config.rate_limits.clone().unwrap_or_default();
+                    let layer = RateLimitLayer::new(&limits)
+                        .map_err(|e| StartError::PluginConfig(e.to_string()))?;
+                    Arc::new(LayerPlugin::new("rate_limit", layer))
+                }
+                "billing" => {
+                    let layer = services.billing.clone().ok_or_else(missing)?;
+                    Arc::new(LayerPlugin::new("billing", layer))
                 }
                 _ => return Err(StartError::UnknownPlugin(name.clone())),
             })

@@ -1,0 +1,53 @@
+//! The billing plugin of mcp-meter: turns each metered call into a charge
+//! under the caller's plan, exactly once.
+//!
+//! * [`plan`] reads `[billing]` and `[[plans]]` from TOML and checks them
+//!   ([`Catalog::compile`] lists every problem with its key path).
+//! * [`BillingLayer`] is the tower layer. It sits inside the auth layer
+//!   (it needs the [`Caller`](mcp_meter_plugin::identity::Caller)) and
+//!   inside the usage recorder (whose call id it ties its ledger entries
+//!   to). A refusal is a response, never an error: a JSON-RPC error or a
+//!   tool result with `isError: true`, per plan, carrying `reason`, the
+//!   amounts and where to pay.
+//! * Money is integers: whole credits or micro-units of a currency
+//!   ([`money`]). Never floating point.
+//!
+//! Models: `credits` (reserve before forwarding, settle or refund after)
+//! and `per_call` (charge each successful call at its tier's price).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use mcp_meter_billing::plan::{BillingConfig, Catalog, PlanConfig};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct File { plans: Vec<PlanConfig> }
+//! let file: File = toml::from_str(r#"
+//!     [[plans]]
+//!     id = "starter"
+//!     model = "credits"
+//!     prices = { default = 1, tools = { "search_*" = 5 } }
+//! "#).unwrap();
+//! let catalog = Catalog::compile(&BillingConfig::default(), &file.plans).unwrap();
+//! assert_eq!(catalog.plan("starter").unwrap().list_price("search_web"), Some(5));
+//! ```
+#![warn(missing_docs, unreachable_pub)]
+
+mod charge_key;
+mod credits;
+mod failure;
+mod lanes;
+mod layer;
+mod meta;
+pub mod money;
+mod per_call;
+pub mod period;
+pub mod plan;
+mod refusal;
+mod retry;
+mod settle;
+mod tools_list;
+
+pub use layer::{BillingLayer, BillingService};
+pub use meta::META_KEY;
+pub use plan::{Catalog, DEFAULT_REFUSAL_CODE};
+pub use refusal::REFUSAL_META_KEY;

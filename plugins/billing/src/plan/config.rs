@@ -1,0 +1,138 @@
+//! The `[billing]` section and the `[[plans]]` tables as written in TOML.
+//! Plain data: checking and compiling happen in [`super::Catalog::compile`],
+//! which lists every problem with its key path.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::money::PriceText;
+
+/// `[billing]`: settings shared by all plans.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingConfig {
+    /// Methods that are charged besides `tools/call` (which always is):
+    /// `resources/read`, `prompts/get`.
+    #[serde(default)]
+    pub metered_methods: Vec<String>,
+    /// The plan of customers that have none (`None`: such customers are
+    /// refused on metered calls).
+    pub default_plan: Option<String>,
+    /// How refusals reach the client unless a plan says otherwise.
+    #[serde(default)]
+    pub refusal: RefusalStyle,
+    /// The JSON-RPC error code of billing refusals (default -32030).
+    pub refusal_code: Option<i64>,
+    /// In `tools/list`, leave out tools the caller's plan cannot call
+    /// (`true`, the default) or list them marked as unavailable.
+    pub hide_unavailable_tools: Option<bool>,
+    /// In `tools/list`, append the price to each tool's description (a
+    /// price is always in the tool's `_meta`). Default `false`.
+    #[serde(default)]
+    pub price_in_description: bool,
+}
+
+/// How a refusal reaches the client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalStyle {
+    /// A JSON-RPC error whose `data` carries the facts.
+    #[default]
+    Error,
+    /// For `tools/call`, a tool result with `isError: true` whose text
+    /// carries the facts (for clients that hide JSON-RPC error data); other
+    /// methods still get the JSON-RPC error.
+    ToolResult,
+}
+
+/// One `[[plans]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    /// The plan's id, as stored on customers (`plan_id`).
+    pub id: String,
+    /// A display name.
+    pub name: Option<String>,
+    /// The billing model: `credits` or `per_call`.
+    pub model: String,
+    /// For priced models, the ISO 4217 currency code (`usd`, `eur`).
+    pub currency: Option<String>,
+    /// Where a refused customer can pay or upgrade (shown in refusals).
+    pub upgrade_url: Option<String>,
+    /// Overrides `[billing] refusal` for this plan.
+    pub refusal: Option<RefusalStyle>,
+    /// Overrides `[billing] refusal_code` for this plan.
+    pub refusal_code: Option<i64>,
+    /// Tool prices.
+    #[serde(default)]
+    pub prices: PricesConfig,
+    /// `model = "credits"`: prepaid credits.
+    pub credits: Option<CreditsConfig>,
+    /// `model = "per_call"`: charges per call, with tiers.
+    pub per_call: Option<PerCallConfig>,
+}
+
+/// `[plans.prices]`: what each tool costs on the plan.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricesConfig {
+    /// The price of a call to any tool not listed below (and of metered
+    /// methods other than `tools/call`).
+    pub default: Option<PriceText>,
+    /// Prices of particular tools: exact names or patterns ending in `*`.
+    /// The longest matching pattern wins.
+    #[serde(default)]
+    pub tools: BTreeMap<String, PriceText>,
+    /// Tools that cost nothing (names or patterns).
+    #[serde(default)]
+    pub free: Vec<String>,
+    /// Tools the plan may not call at all (names or patterns).
+    #[serde(default)]
+    pub not_included: Vec<String>,
+}
+
+/// `[plans.credits]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreditsConfig {
+    /// Which failures give the reserved credits back. Any of `error` (a
+    /// JSON-RPC error from the server), `tool_error` (a result with
+    /// `isError: true`), `timeout`, `cancelled` (the client went away or
+    /// cancelled), `upstream_failure` (the server crashed or could not be
+    /// reached). Default: all of them.
+    pub refund_on: Option<Vec<String>>,
+    /// Balances at which the result's `_meta` carries a low-balance
+    /// warning, e.g. `[100, 10]`.
+    #[serde(default)]
+    pub low_balance_warnings: Vec<i64>,
+}
+
+/// `[plans.per_call]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerCallConfig {
+    /// How tiers price calls: `volume` (all of the period's calls at the
+    /// price of the tier reached) or `graduated` (each call at its own
+    /// tier's price).
+    pub tiering: Option<String>,
+    /// Tiers over the period's call count, replacing `prices.default`.
+    #[serde(default)]
+    pub tiers: Vec<TierConfig>,
+    /// The billing period: `month` (calendar month, UTC; the default) or
+    /// `day` (UTC).
+    pub period: Option<String>,
+    /// The least a customer pays for a period with any calls.
+    pub minimum: Option<PriceText>,
+}
+
+/// One `[[plans.per_call.tiers]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// The last call number of the period in this tier; leave it out on
+    /// the last tier.
+    pub up_to: Option<i64>,
+    /// The price per call in this tier.
+    pub price: PriceText,
+}

@@ -1,0 +1,555 @@
+//! Plans: the TOML tables checked and compiled into what the billing layer
+//! asks on every call ("what does this tool cost this customer?").
+//!
+//! [`Catalog::compile`] never stops at the first problem: it returns every
+//! problem, each prefixed with its key path (`plans.pro.prices.default: …`),
+//! so `mcp-meter check` can list them all.
+
+pub mod config;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use mcp_meter_plugin::identity::glob;
+use mcp_meter_plugin::ledger::{PriceSchedule, Tier};
+
+pub use config::{BillingConfig, PlanConfig, RefusalStyle};
+
+use crate::money::{PriceText, Unit};
+use crate::period::Period;
+
+/// The JSON-RPC error code of billing refusals unless configured.
+pub const DEFAULT_REFUSAL_CODE: i64 = -32030;
+
+/// Methods that may be metered besides `tools/call`.
+const METERABLE_METHODS: [&str; 3] = ["tools/call", "resources/read", "prompts/get"];
+
+/// The failures a credits plan may refund.
+pub const FAILURE_KINDS: [&str; 5] = [
+    "error",
+    "tool_error",
+    "timeout",
+    "cancelled",
+    "upstream_failure",
+];
+
+/// How a plan charges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Model {
+    /// Prepaid credits, reserved before the call and settled after it.
+    Credits {
+        /// Failure kinds (from [`FAILURE_KINDS`]) that are refunded.
+        refund_on: Arc<HashSet<String>>,
+        /// Balances that trigger a warning, highest first.
+        low_balance_warnings: Vec<i64>,
+    },
+    /// Charges accrued per successful call.
+    PerCall {
+        /// How calls at the default price are priced by their number in
+        /// the period.
+        schedule: PriceSchedule,
+        /// The billing period.
+        period: Period,
+        /// The least owed for a period with calls (micro-units).
+        minimum: Option<i64>,
+    },
+}
+
+impl Model {
+    /// The model's name in the configuration.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Model::Credits { .. } => "credits",
+            Model::PerCall { .. } => "per_call",
+        }
+    }
+}
+
+/// What a call to one tool costs on a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolPrice {
+    /// The plan may not call it.
+    NotIncluded,
+    /// Free.
+    Free,
+    /// A fixed amount per call (in the plan's unit).
+    Fixed(i64),
+    /// The plan's default price: for per-call plans with tiers, the
+    /// schedule decides; otherwise this amount.
+    Default(i64),
+}
+
+/// A checked plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The id customers carry.
+    pub id: String,
+    /// Display name (the id when none was given).
+    pub name: String,
+    /// What amounts count.
+    pub unit: Unit,
+    /// How it charges.
+    pub model: Model,
+    /// Where to pay or upgrade.
+    pub upgrade_url: Option<String>,
+    /// How refusals are signalled.
+    pub refusal: RefusalStyle,
+    /// The JSON-RPC code of refusals.
+    pub refusal_code: i64,
+    default_price: Option<i64>,
+    /// Exact names and `*` patterns with their prices, longest first.
+    tool_prices: Vec<(String, i64)>,
+    free: Vec<String>,
+    not_included: Vec<String>,
+}
+
+impl Plan {
+    /// What a call to `tool` costs (`None` for a metered method that is not
+    /// a tool call, which costs the default price).
+    pub fn price_of(&self, tool: Option<&str>) -> ToolPrice {
+        let Some(tool) = tool else {
+            return ToolPrice::Default(self.default_price.unwrap_or(0));
+        };
+        if self.not_included.iter().any(|p| glob(p, tool)) {
+            return ToolPrice::NotIncluded;
+        }
+        if self.free.iter().any(|p| glob(p, tool)) {
+            return ToolPrice::Free;
+        }
+        if let Some((_, price)) = self.tool_prices.iter().find(|(p, _)| glob(p, tool)) {
+            return if *price == 0 {
+                ToolPrice::Free
+            } else {
+                ToolPrice::Fixed(*price)
+            };
+        }
+        ToolPrice::Default(self.default_price.unwrap_or(0))
+    }
+
+    /// The price a customer sees for `tool` in `tools/list`: for per-call
+    /// plans with tiers, the first tier's price.
+    pub fn list_price(&self, tool: &str) -> Option<i64> {
+        match self.price_of(Some(tool)) {
+            ToolPrice::NotIncluded => None,
+            ToolPrice::Free => Some(0),
+            ToolPrice::Fixed(price) => Some(price),
+            ToolPrice::Default(price) => Some(match &self.model {
+                Model::PerCall { schedule, .. } => schedule.charge_for_call(1),
+                Model::Credits { .. } => price,
+            }),
+        }
+    }
+}
+
+/// All plans and the shared billing settings, checked.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    plans: HashMap<String, Arc<Plan>>,
+    order: Vec<String>,
+    default_plan: Option<String>,
+    metered_methods: HashSet<String>,
+    /// Hide tools a plan cannot call from `tools/list`.
+    pub hide_unavailable_tools: bool,
+    /// Append prices to tool descriptions.
+    pub price_in_description: bool,
+}
+
+impl Catalog {
+    /// Checks and compiles the plans; every problem is returned, each with
+    /// its key path.
+    pub fn compile(billing: &BillingConfig, plans: &[PlanConfig]) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut catalog = Catalog {
+            hide_unavailable_tools: billing.hide_unavailable_tools.unwrap_or(true),
+            price_in_description: billing.price_in_description,
+            default_plan: billing.default_plan.clone(),
+            ..Catalog::default()
+        };
+        catalog.metered_methods.insert("tools/call".to_owned());
+        for method in &billing.metered_methods {
+            if METERABLE_METHODS.contains(&method.as_str()) {
+                catalog.metered_methods.insert(method.clone());
+            } else {
+                problems.push(format!(
+                    "billing.metered_methods: `{method}` cannot be metered; use any of {}",
+                    METERABLE_METHODS.join(", ")
+                ));
+            }
+        }
+        for (index, plan) in plans.iter().enumerate() {
+            let path = if plan.id.trim().is_empty() {
+                format!("plans[{index}]")
+            } else {
+                format!("plans.{}", plan.id)
+            };
+            if plan.id.trim().is_empty() {
+                problems.push(format!("{path}.id: a plan needs a non-empty id"));
+                continue;
+            }
+            if catalog.plans.contains_key(&plan.id) {
+                problems.push(format!("{path}.id: plan `{}` is defined twice", plan.id));
+                continue;
+            }
+            if let Some(compiled) = compile_plan(plan, billing, &path, &mut problems) {
+                catalog.order.push(plan.id.clone());
+                catalog.plans.insert(plan.id.clone(), Arc::new(compiled));
+            }
+        }
+        if let Some(default) = &billing.default_plan
+            && !plans.iter().any(|p| &p.id == default)
+        {
+            problems.push(format!(
+                "billing.default_plan: there is no plan `{default}` in [[plans]]"
+            ));
+        }
+        if problems.is_empty() {
+            Ok(catalog)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Whether there are any plans (billing is on).
+    pub fn is_empty(&self) -> bool {
+        self.plans.is_empty()
+    }
+
+    /// The plan with this id.
+    pub fn plan(&self, id: &str) -> Option<&Arc<Plan>> {
+        self.plans.get(id)
+    }
+
+    /// The plan a customer is on: theirs, or the default plan when they
+    /// have none. `Err` carries the plan id that is not configured.
+    pub fn plan_for(&self, plan_id: Option<&str>) -> Result<Option<&Arc<Plan>>, String> {
+        match plan_id.or(self.default_plan.as_deref()) {
+            None => Ok(None),
+            Some(id) => self.plans.get(id).map(Some).ok_or_else(|| id.to_owned()),
+        }
+    }
+
+    /// Plans in configuration order.
+    pub fn plans(&self) -> impl Iterator<Item = &Arc<Plan>> {
+        self.order.iter().filter_map(|id| self.plans.get(id))
+    }
+
+    /// Whether calls of `method` are charged.
+    pub fn is_metered(&self, method: &str) -> bool {
+        self.metered_methods.contains(method)
+    }
+}
+
+fn compile_plan(
+    plan: &PlanConfig,
+    billing: &BillingConfig,
+    path: &str,
+    problems: &mut Vec<String>,
+) -> Option<Plan> {
+    let before = problems.len();
+    let unit = match (plan.model.as_str(), &plan.currency) {
+        ("credits", None) => Unit::Credits,
+        ("credits", Some(_)) => {
+            problems.push(format!(
+                "{path}.currency: a credits plan counts whole credits; remove `currency`"
+            ));
+            Unit::Credits
+        }
+        (_, Some(code)) if is_currency_code(code) => Unit::Currency(code.to_ascii_lowercase()),
+        (_, Some(code)) => {
+            problems.push(format!(
+                "{path}.currency: `{code}` is not a three-letter ISO 4217 code (e.g. \"usd\")"
+            ));
+            Unit::Currency(String::new())
+        }
+        (_, None) => {
+            problems.push(format!(
+                "{path}.currency: a `{}` plan needs a currency (e.g. currency = \"usd\")",
+                plan.model
+            ));
+            Unit::Currency(String::new())
+        }
+    };
+    let amount =
+        |text: &PriceText, key: &str, problems: &mut Vec<String>| match text.to_amount(&unit) {
+            Ok(amount) => Some(amount),
+            Err(error) => {
+                problems.push(format!("{path}.{key}: {error}"));
+                None
+            }
+        };
+    let prices = &plan.prices;
+    let default_price = prices
+        .default
+        .as_ref()
+        .and_then(|p| amount(p, "prices.default", problems));
+    let mut tool_prices = Vec::new();
+    for (pattern, price) in &prices.tools {
+        check_pattern(pattern, &format!("{path}.prices.tools"), problems);
+        if let Some(value) = amount(price, &format!("prices.tools.\"{pattern}\""), problems) {
+            tool_prices.push((pattern.clone(), value));
+        }
+    }
+    // Exact names before patterns, longer patterns before shorter ones.
+    tool_prices.sort_by(|(a, _), (b, _)| {
+        a.ends_with('*')
+            .cmp(&b.ends_with('*'))
+            .then(b.len().cmp(&a.len()))
+    });
+    for (key, list) in [
+        ("free", &prices.free),
+        ("not_included", &prices.not_included),
+    ] {
+        for pattern in list {
+            check_pattern(pattern, &format!("{path}.prices.{key}"), problems);
+        }
+    }
+    let model = match plan.model.as_str() {
+        "credits" => {
+            if plan.per_call.is_some() {
+                problems.push(format!(
+                    "{path}.per_call: only a per_call plan takes [plans.per_call]"
+                ));
+            }
+            if default_price.is_none() && tool_prices.is_empty() {
+                problems.push(format!(
+                    "{path}.prices.default: a credits plan needs a price (the credits a call costs)"
+                ));
+            }
+            compile_credits(plan.credits.clone().unwrap_or_default(), path, problems)
+        }
+        "per_call" => {
+            if plan.credits.is_some() {
+                problems.push(format!(
+                    "{path}.credits: only a credits plan takes [plans.credits]"
+                ));
+            }
+            compile_per_call(
+                plan.per_call.clone().unwrap_or_default(),
+                default_price,
+                !tool_prices.is_empty(),
+                &unit,
+                path,
+                problems,
+            )
+        }
+        "subscription" | "usage" | "freemium" => {
+            problems.push(format!(
+                "{path}.model: the `{}` model is not available in this version of mcp-meter; \
+                 use `credits` or `per_call`",
+                plan.model
+            ));
+            None
+        }
+        other => {
+            problems.push(format!(
+                "{path}.model: unknown billing model `{other}`; use `credits` or `per_call`"
+            ));
+            None
+        }
+    };
+    if let Some(url) = &plan.upgrade_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        problems.push(format!(
+            "{path}.upgrade_url: `{url}` must be an http:// or https:// URL"
+        ));
+    }
+    let model = model?;
+    if problems.len() > before {
+        return None;
+    }
+    Some(Plan {
+        id: plan.id.clone(),
+        name: plan.name.clone().unwrap_or_else(|| plan.id.clone()),
+        unit,
+        model,
+        upgrade_url: plan.upgrade_url.clone(),
+        refusal: plan.refusal.unwrap_or(billing.refusal),
+        refusal_code: plan
+            .refusal_code
+            .or(billing.refusal_code)
+            .unwrap_or(DEFAULT_REFUSAL_CODE),
+        default_price,
+        tool_prices,
+        free: prices.free.clone(),
+        not_included: prices.not_included.clone(),
+    })
+}
+
+fn compile_credits(
+    credits: config::CreditsConfig,
+    path: &str,
+    problems: &mut Vec<String>,
+) -> Option<Model> {
+    let refund_on: HashSet<String> = match credits.refund_on {
+        None => FAILURE_KINDS.iter().map(|k| (*k).to_owned()).collect(),
+        Some(kinds) => kinds.into_iter().collect(),
+    };
+    for kind in &refund_on {
+        if !FAILURE_KINDS.contains(&kind.as_str()) {
+            problems.push(format!(
+                "{path}.credits.refund_on: unknown failure `{kind}`; use any of {}",
+                FAILURE_KINDS.join(", ")
+            ));
+        }
+    }
+    let mut warnings = credits.low_balance_warnings;
+    for threshold in &warnings {
+        if *threshold < 0 {
+            problems.push(format!(
+                "{path}.credits.low_balance_warnings: {threshold} is negative"
+            ));
+        }
+    }
+    warnings.sort_unstable_by(|a, b| b.cmp(a));
+    warnings.dedup();
+    Some(Model::Credits {
+        refund_on: Arc::new(refund_on),
+        low_balance_warnings: warnings,
+    })
+}
+
+fn compile_per_call(
+    per_call: config::PerCallConfig,
+    default_price: Option<i64>,
+    has_tool_prices: bool,
+    unit: &Unit,
+    path: &str,
+    problems: &mut Vec<String>,
+) -> Option<Model> {
+    let period = match per_call.period.as_deref() {
+        None | Some("month") => Period::Month,
+        Some("day") => Period::Day,
+        Some(other) => {
+            problems.push(format!(
+                "{path}.per_call.period: unknown period `{other}`; use `month` or `day`"
+            ));
+            Period::Month
+        }
+    };
+    let minimum = per_call.minimum.as_ref().and_then(|m| {
+        m.to_amount(unit)
+            .map_err(|error| problems.push(format!("{path}.per_call.minimum: {error}")))
+            .ok()
+    });
+    let schedule = if per_call.tiers.is_empty() {
+        if per_call.tiering.is_some() {
+            problems.push(format!(
+                "{path}.per_call.tiering: set only together with [[plans.per_call.tiers]]"
+            ));
+        }
+        match default_price {
+            Some(price) => PriceSchedule::Flat { price },
+            None if has_tool_prices => PriceSchedule::Flat { price: 0 },
+            None => {
+                problems.push(format!(
+                    "{path}.prices.default: a per_call plan needs a price \
+                     (prices.default, prices.tools or [[plans.per_call.tiers]])"
+                ));
+                return None;
+            }
+        }
+    } else {
+        if default_price.is_some() {
+            problems.push(format!(
+                "{path}.prices.default: remove it; [[plans.per_call.tiers]] price the calls \
+                 that have no price of their own"
+            ));
+        }
+        let tiers = compile_tiers(&per_call.tiers, unit, path, problems)?;
+        match per_call.tiering.as_deref() {
+            Some("volume") => PriceSchedule::Volume { tiers },
+            Some("graduated") => PriceSchedule::Graduated { tiers },
+            Some(other) => {
+                problems.push(format!(
+                    "{path}.per_call.tiering: unknown tiering `{other}`; use `volume` or `graduated`"
+                ));
+                return None;
+            }
+            None => {
+                problems.push(format!(
+                    "{path}.per_call.tiering: say how tiers price calls: `volume` or `graduated`"
+                ));
+                return None;
+            }
+        }
+    };
+    Some(Model::PerCall {
+        schedule,
+        period,
+        minimum,
+    })
+}
+
+fn compile_tiers(
+    tiers: &[config::TierConfig],
+    unit: &Unit,
+    path: &str,
+    problems: &mut Vec<String>,
+) -> Option<Vec<Tier>> {
+    let before = problems.len();
+    let mut compiled = Vec::with_capacity(tiers.len());
+    let mut previous_up_to = 0i64;
+    for (index, tier) in tiers.iter().enumerate() {
+        let key = format!("{path}.per_call.tiers[{index}]");
+        let last = index + 1 == tiers.len();
+        match (tier.up_to, last) {
+            (None, false) => {
+                problems.push(format!("{key}.up_to: only the last tier may be open-ended"))
+            }
+            (Some(_), true) => problems.push(format!(
+                "{key}.up_to: the last tier must be open-ended (leave out up_to)"
+            )),
+            (Some(up_to), false) if up_to <= previous_up_to => problems.push(format!(
+                "{key}.up_to: {up_to} overlaps the tier before (tiers must rise; the previous \
+                 one ends at {previous_up_to})"
+            )),
+            (Some(up_to), false) => previous_up_to = up_to,
+            (None, true) => {}
+        }
+        match tier.price.to_amount(unit) {
+            Ok(price) => compiled.push(Tier {
+                up_to: tier.up_to,
+                price,
+            }),
+            Err(error) => problems.push(format!("{key}.price: {error}")),
+        }
+    }
+    (problems.len() == before).then_some(compiled)
+}
+
+fn check_pattern(pattern: &str, key: &str, problems: &mut Vec<String>) {
+    let body = pattern.strip_suffix('*').unwrap_or(pattern);
+    if pattern.is_empty() || body.contains('*') {
+        problems.push(format!(
+            "{key}: `{pattern}` is not a tool name or a pattern ending in `*`"
+        ));
+    }
+}
+
+fn is_currency_code(code: &str) -> bool {
+    code.len() == 3 && code.bytes().all(|b| b.is_ascii_alphabetic())
+}
+
+/// A plan's prices as a table, for `mcp-meter plans show` and the API:
+/// the default and each configured tool price, formatted in the plan's
+/// unit.
+pub fn price_table(plan: &Plan) -> BTreeMap<String, String> {
+    let mut table = BTreeMap::new();
+    if let Some(price) = plan.default_price {
+        table.insert("(default)".to_owned(), plan.unit.format(price));
+    }
+    for (pattern, price) in &plan.tool_prices {
+        table.insert(pattern.clone(), plan.unit.format(*price));
+    }
+    for pattern in &plan.free {
+        table.insert(pattern.clone(), "free".to_owned());
+    }
+    for pattern in &plan.not_included {
+        table.insert(pattern.clone(), "not included".to_owned());
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,84 @@
+//! Refusals a client and an agent can act on: a JSON-RPC error whose `data`
+//! carries the facts (`reason`, the amount needed, the balance, where to
+//! pay), or — for clients that hide JSON-RPC error data — a `tools/call`
+//! result with `isError: true` whose text says the same. Either way the
+//! response is marked with a [`Refusal`] so the usage record says why.
+
+use mcp_meter_plugin::identity::Refusal;
+use mcp_meter_plugin::jsonrpc::Message;
+use mcp_meter_plugin::{McpRequest, McpResponse};
+use serde_json::{Map, Value, json};
+
+use crate::plan::{DEFAULT_REFUSAL_CODE, Plan, RefusalStyle};
+
+/// The `_meta` key a tool-result refusal carries its facts under.
+pub const REFUSAL_META_KEY: &str = "mcp-meter/refusal";
+
+/// Why a call is refused, with the facts that go with it.
+#[derive(Debug, Clone)]
+pub(crate) struct Denial {
+    /// snake_case reason (`insufficient_credits`, `tool_not_in_plan`, …).
+    pub(crate) reason: &'static str,
+    /// A sentence a person can act on.
+    pub(crate) message: String,
+    /// Further facts for `data` (amounts, balance, URL).
+    pub(crate) facts: Map<String, Value>,
+}
+
+impl Denial {
+    pub(crate) fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+            facts: Map::new(),
+        }
+    }
+
+    pub(crate) fn fact(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.facts.insert(key.to_owned(), value.into());
+        self
+    }
+}
+
+/// Builds the refusal for `request` in the plan's style (the default style
+/// and code when there is no plan).
+pub(crate) fn refuse(request: &McpRequest, plan: Option<&Plan>, denial: Denial) -> McpResponse {
+    let (style, code) = plan.map_or((RefusalStyle::Error, DEFAULT_REFUSAL_CODE), |p| {
+        (p.refusal, p.refusal_code)
+    });
+    let mut data = Map::new();
+    data.insert("reason".to_owned(), Value::from(denial.reason));
+    if let Some(plan) = plan {
+        data.insert("plan".to_owned(), Value::from(plan.id.as_str()));
+        if let Some(url) = &plan.upgrade_url {
+            data.insert("upgrade_url".to_owned(), Value::from(url.as_str()));
+        }
+    }
+    data.extend(denial.facts);
+    let mut message = denial.message;
+    if let Some(url) = data.get("upgrade_url").and_then(Value::as_str) {
+        message.push_str(&format!(" Buy more or upgrade at {url}"));
+    }
+    let id = request
+        .message
+        .id()
+        .cloned()
+        .unwrap_or_else(|| mcp_meter_plugin::jsonrpc::RequestId::number(0));
+    let mut response = if style == RefusalStyle::ToolResult && request.method() == "tools/call" {
+        let result = json!({
+            "content": [{"type": "text", "text": message}],
+            "isError": true,
+            "_meta": {REFUSAL_META_KEY: Value::Object(data)},
+        });
+        match serde_json::value::to_raw_value(&result) {
+            Ok(raw) => McpResponse::new(Message::result_response(&id, &raw)),
+            Err(_) => McpResponse::error(&id, code, &message, None),
+        }
+    } else {
+        McpResponse::error(&id, code, &message, Some(&Value::Object(data)))
+    };
+    response.extensions.insert(Refusal {
+        reason: denial.reason,
+    });
+    response
+}
