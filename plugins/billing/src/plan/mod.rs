@@ -24,6 +24,9 @@ pub const DEFAULT_REFUSAL_CODE: i64 = -32030;
 /// Methods that may be metered besides `tools/call`.
 const METERABLE_METHODS: [&str; 3] = ["tools/call", "resources/read", "prompts/get"];
 
+/// The models whose amounts are in a currency.
+const PRICED_MODELS: [&str; 4] = ["per_call", "subscription", "usage", "freemium"];
+
 /// The failures a credits plan may refund.
 pub const FAILURE_KINDS: [&str; 5] = [
     "error",
@@ -176,6 +179,7 @@ impl Catalog {
                 ));
             }
         }
+        let mut seen = HashSet::new();
         for (index, plan) in plans.iter().enumerate() {
             let path = if plan.id.trim().is_empty() {
                 format!("plans[{index}]")
@@ -186,7 +190,7 @@ impl Catalog {
                 problems.push(format!("{path}.id: a plan needs a non-empty id"));
                 continue;
             }
-            if catalog.plans.contains_key(&plan.id) {
+            if !seen.insert(plan.id.as_str()) {
                 problems.push(format!("{path}.id: plan `{}` is defined twice", plan.id));
                 continue;
             }
@@ -254,6 +258,8 @@ fn compile_plan(
             ));
             Unit::Credits
         }
+        // An unknown model is reported once, under `model`.
+        (model, _) if !PRICED_MODELS.contains(&model) => Unit::Credits,
         (_, Some(code)) if is_currency_code(code) => Unit::Currency(code.to_ascii_lowercase()),
         (_, Some(code)) => {
             problems.push(format!(

@@ -147,7 +147,6 @@ model = "credits"
         "plans.a.prices.tools: `x*y` is not a tool name or a pattern",
         "plans.b.currency: `dollars` is not a three-letter ISO 4217 code",
         "plans.b.prices.default: `0.0000001` has more than 6 digits",
-        "plans.b.prices.default: remove it",
         "plans.b.per_call.tiers[0].price: `-1` is negative",
         "plans.b.per_call.tiers[1].up_to: 50 overlaps the tier before",
         "plans.c.model: unknown billing model `gold`",
