@@ -23,6 +23,87 @@ pub(crate) fn annotate(response: McpResponse, plan: &Plan, catalog: &Catalog) ->
     })
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{BillingConfig, PlanConfig};
+    use mcp_meter_plugin::jsonrpc::Message;
+
+    fn catalog(plans: &str) -> Catalog {
+        #[derive(serde::Deserialize)]
+        struct File {
+            plans: Vec<PlanConfig>,
+        }
+        let file: File = toml::from_str(plans).unwrap();
+        let billing = BillingConfig {
+            hide_unavailable_tools: Some(false),
+            price_in_description: true,
+            ..BillingConfig::default()
+        };
+        Catalog::compile(&billing, &file.plans).unwrap()
+    }
+
+    fn listed(catalog: &Catalog, plan: &str) -> Vec<Value> {
+        let response = McpResponse::new(
+            Message::parse(
+                r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo","description":"Echoes."},{"name":"search","inputSchema":{}},{"name":"admin_x"}],"nextCursor":"c"}}"#
+                    .to_owned()
+                    .into(),
+            )
+            .unwrap(),
+        );
+        let annotated = annotate(response, catalog.plan(plan).unwrap(), catalog);
+        let result: Value =
+            serde_json::from_str(annotated.message.result().unwrap().get()).unwrap();
+        assert_eq!(result["nextCursor"], "c");
+        result["tools"].as_array().unwrap().clone()
+    }
+
+    #[test]
+    fn flat_and_tiered_per_call_prices_are_told_apart() {
+        let catalog = catalog(
+            r#"
+[[plans]]
+id = "flat"
+model = "per_call"
+currency = "usd"
+prices = { default = "0.002", not_included = ["admin_*"] }
+
+[[plans]]
+id = "tiers"
+model = "per_call"
+currency = "usd"
+prices = { tools = { "search" = "0.01" } }
+per_call = { tiering = "graduated", tiers = [ { up_to = 10, price = "0.005" }, { price = "0.001" } ] }
+"#,
+        );
+        let flat = listed(&catalog, "flat");
+        assert_eq!(flat[0]["_meta"][META_KEY]["price"], "0.002");
+        assert!(
+            flat[0]["_meta"][META_KEY].get("tiered").is_none(),
+            "{}",
+            flat[0]
+        );
+        assert_eq!(
+            flat[0]["description"],
+            "Echoes. (Costs 0.002 USD per call.)"
+        );
+        assert_eq!(flat[2]["_meta"][META_KEY]["included"], false);
+
+        let tiers = listed(&catalog, "tiers");
+        assert_eq!(tiers[0]["_meta"][META_KEY]["price"], "0.005");
+        assert_eq!(tiers[0]["_meta"][META_KEY]["tiered"], true);
+        assert_eq!(
+            tiers[0]["description"],
+            "Echoes. (Costs 0.005 USD per call (first tier).)"
+        );
+        // A tool with its own price is outside the tiers.
+        assert_eq!(tiers[1]["_meta"][META_KEY]["price"], "0.01");
+        assert!(tiers[1]["_meta"][META_KEY].get("tiered").is_none());
+        assert_eq!(tiers[1]["description"], "Costs 0.01 USD per call.");
+    }
+}
+
 fn annotate_tool(mut tool: Value, plan: &Plan, catalog: &Catalog) -> Option<Value> {
     let Some(name) = tool.get("name").and_then(Value::as_str).map(str::to_owned) else {
         return Some(tool);
@@ -46,8 +127,7 @@ fn annotate_tool(mut tool: Value, plan: &Plan, catalog: &Catalog) -> Option<Valu
                 format!("Costs {formatted} credits per call.")
             } else {
                 price["price"] = json!(formatted);
-                let tiered = matches!(plan.model, Model::PerCall { .. })
-                    && plan.price_of(Some(&name)) != crate::plan::ToolPrice::Fixed(amount);
+                let tiered = plan.is_tiered(&name);
                 if tiered {
                     price["tiered"] = json!(true);
                 }

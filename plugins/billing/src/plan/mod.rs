@@ -129,6 +129,19 @@ impl Plan {
         ToolPrice::Default(self.default_price.unwrap_or(0))
     }
 
+    /// Whether a call to `tool` is priced by its number in the period
+    /// (volume or graduated tiers) rather than by one fixed price.
+    pub fn is_tiered(&self, tool: &str) -> bool {
+        matches!(self.price_of(Some(tool)), ToolPrice::Default(_))
+            && matches!(
+                &self.model,
+                Model::PerCall {
+                    schedule: PriceSchedule::Volume { .. } | PriceSchedule::Graduated { .. },
+                    ..
+                }
+            )
+    }
+
     /// The price a customer sees for `tool` in `tools/list`: for per-call
     /// plans with tiers, the first tier's price.
     pub fn list_price(&self, tool: &str) -> Option<i64> {
