@@ -31,9 +31,14 @@ pub(crate) fn charge_key(
         hash.update((part.len() as u64).to_be_bytes());
         hash.update(part.as_bytes());
     }
-    let digest = hash.finalize();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    ChargeKey::new(format!("req:{hex}"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut key = String::with_capacity(4 + 64);
+    key.push_str("req:");
+    for byte in hash.finalize() {
+        key.push(char::from(HEX[usize::from(byte >> 4)]));
+        key.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    ChargeKey::new(key)
 }
 
 #[cfg(test)]

@@ -118,9 +118,9 @@ impl Billing {
         S: Service<McpRequest, Response = McpResponse, Error = ProxyError> + Send,
         S::Future: Send,
     {
-        let caller = request.extensions.get::<Arc<Caller>>().cloned();
         if request.method() == "tools/list" {
-            let plan = caller.as_ref().and_then(|c| {
+            // Prices are shown for the caller's plan, if it is configured.
+            let plan = request.extensions.get::<Arc<Caller>>().and_then(|c| {
                 self.catalog
                     .plan_for(c.customer.plan_id.as_deref())
                     .ok()
