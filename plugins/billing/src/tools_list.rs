@@ -23,6 +23,58 @@ pub(crate) fn annotate(response: McpResponse, plan: &Plan, catalog: &Catalog) ->
     })
 }
 
+fn annotate_tool(mut tool: Value, plan: &Plan, catalog: &Catalog) -> Option<Value> {
+    let Some(name) = tool.get("name").and_then(Value::as_str).map(str::to_owned) else {
+        return Some(tool);
+    };
+    let object = tool.as_object_mut()?;
+    let (price, note) = match plan.list_price(&name) {
+        None if catalog.hide_unavailable_tools => return None,
+        None => (
+            json!({"plan": plan.id, "included": false}),
+            format!("Not included in your plan {}.", plan.name),
+        ),
+        Some(amount) => {
+            let formatted = plan.unit.format(amount);
+            let unit = plan.unit.as_str();
+            let mut price = json!({"plan": plan.id, "included": true, "unit": unit});
+            let note = if amount == 0 {
+                price["price"] = json!(0);
+                "Free.".to_owned()
+            } else if let Model::Credits { .. } = plan.model {
+                price["price"] = json!(amount);
+                format!("Costs {formatted} credits per call.")
+            } else {
+                price["price"] = json!(formatted);
+                let tiered = plan.is_tiered(&name);
+                if tiered {
+                    price["tiered"] = json!(true);
+                }
+                format!(
+                    "Costs {formatted} {} per call{}.",
+                    unit.to_ascii_uppercase(),
+                    if tiered { " (first tier)" } else { "" }
+                )
+            };
+            (price, note)
+        }
+    };
+    let meta = object
+        .entry("_meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(meta) = meta {
+        meta.insert(META_KEY.to_owned(), price);
+    }
+    if catalog.price_in_description {
+        let description = object
+            .get("description")
+            .and_then(Value::as_str)
+            .map_or_else(|| note.clone(), |d| format!("{d} ({note})"));
+        object.insert("description".to_owned(), Value::from(description));
+    }
+    Some(tool)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,56 +154,4 @@ per_call = { tiering = "graduated", tiers = [ { up_to = 10, price = "0.005" }, {
         assert!(tiers[1]["_meta"][META_KEY].get("tiered").is_none());
         assert_eq!(tiers[1]["description"], "Costs 0.01 USD per call.");
     }
-}
-
-fn annotate_tool(mut tool: Value, plan: &Plan, catalog: &Catalog) -> Option<Value> {
-    let Some(name) = tool.get("name").and_then(Value::as_str).map(str::to_owned) else {
-        return Some(tool);
-    };
-    let object = tool.as_object_mut()?;
-    let (price, note) = match plan.list_price(&name) {
-        None if catalog.hide_unavailable_tools => return None,
-        None => (
-            json!({"plan": plan.id, "included": false}),
-            format!("Not included in your plan {}.", plan.name),
-        ),
-        Some(amount) => {
-            let formatted = plan.unit.format(amount);
-            let unit = plan.unit.as_str();
-            let mut price = json!({"plan": plan.id, "included": true, "unit": unit});
-            let note = if amount == 0 {
-                price["price"] = json!(0);
-                "Free.".to_owned()
-            } else if let Model::Credits { .. } = plan.model {
-                price["price"] = json!(amount);
-                format!("Costs {formatted} credits per call.")
-            } else {
-                price["price"] = json!(formatted);
-                let tiered = plan.is_tiered(&name);
-                if tiered {
-                    price["tiered"] = json!(true);
-                }
-                format!(
-                    "Costs {formatted} {} per call{}.",
-                    unit.to_ascii_uppercase(),
-                    if tiered { " (first tier)" } else { "" }
-                )
-            };
-            (price, note)
-        }
-    };
-    let meta = object
-        .entry("_meta")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if let Value::Object(meta) = meta {
-        meta.insert(META_KEY.to_owned(), price);
-    }
-    if catalog.price_in_description {
-        let description = object
-            .get("description")
-            .and_then(Value::as_str)
-            .map_or_else(|| note.clone(), |d| format!("{d} ({note})"));
-        object.insert("description".to_owned(), Value::from(description));
-    }
-    Some(tool)
 }
