@@ -677,3 +677,128 @@ async fn plans_and_credit_adjustments_from_the_cli() {
     let (ok, out) = admin_text(url, &["credits", "balance", "--customer", "cus_nobody"]);
     assert!(!ok && out.contains("not found"), "{out}");
 }
+
+/// Bad admin input is refused with a message saying what to fix, and
+/// changes nothing.
+#[tokio::test]
+async fn bad_credit_and_plan_commands_are_refused() {
+    let db = TestDb::sqlite().await;
+    let url = db.url();
+    let acme = add_customer(url, "Careful", "starter");
+    grant(url, &acme, 3, "g");
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "credits",
+                "adjust",
+                "--customer",
+                &acme,
+                "--amount",
+                "0",
+                "--reason",
+                "x",
+            ],
+            "changes nothing",
+        ),
+        (
+            &[
+                "credits",
+                "adjust",
+                "--customer",
+                &acme,
+                "--amount",
+                "2",
+                "--reason",
+                " ",
+            ],
+            "--reason must say why",
+        ),
+        (
+            &[
+                "credits",
+                "grant",
+                "--customer",
+                &acme,
+                "--amount",
+                "2",
+                "--idempotency-key",
+                "",
+            ],
+            "--idempotency-key must not be empty",
+        ),
+        (
+            &["credits", "grant", "--customer", "acme", "--amount", "2"],
+            "is not a customer id",
+        ),
+    ];
+    for (args, says) in cases {
+        let (ok, out) = admin_text(url, args);
+        assert!(!ok && out.contains(says), "{args:?}: {out}");
+    }
+    assert_eq!(balance(url, &acme), 3);
+
+    let plans = |args: &[&str]| {
+        let out = std::process::Command::new(common::bin())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, err) = plans(&["plans", "list"]);
+    assert!(!ok && err.contains("--config is required"), "{err}");
+    let example = common::root().join("config-examples/credits.toml");
+    let (ok, err) = plans(&[
+        "plans",
+        "show",
+        "gold",
+        "--config",
+        example.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("there is no plan \"gold\""), "{err}");
+}
+
+/// `check` refuses billing that could not charge anyone: no database, or a
+/// billing layer outside auth; and bad rate limits, with their keys.
+#[test]
+fn check_refuses_billing_it_cannot_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |name: &str, toml: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, toml).unwrap();
+        let out = std::process::Command::new(common::bin())
+            .args(["check", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let plan = "[[plans]]\nid = \"p\"\nmodel = \"credits\"\nprices = { default = 1 }\n";
+    let err = check(
+        "nodb.toml",
+        &format!("[upstream]\ncommand = \"sh\"\n{plan}"),
+    );
+    assert!(err.contains("plans: billing needs a [database]"), "{err}");
+    let err = check(
+        "order.toml",
+        &format!(
+            "[upstream]\ncommand = \"sh\"\n[database]\nurl = \"sqlite://x.db\"\n\
+             [plugins]\norder = [\"usage_recorder\", \"billing\", \"auth\"]\n{plan}"
+        ),
+    );
+    assert!(
+        err.contains("plugins.order: \"billing\" must come after \"auth\""),
+        "{err}"
+    );
+    let err = check(
+        "limits.toml",
+        "[upstream]\ncommand = \"sh\"\n[database]\nurl = \"sqlite://x.db\"\n\
+         [rate_limits.plans.p]\nper_minute = { requests = 0 }\n",
+    );
+    assert!(
+        err.contains("rate_limits.plans.p.per_minute.requests"),
+        "{err}"
+    );
+}
