@@ -578,29 +578,62 @@ async fn rate_limits_hold_across_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let acme = add_customer(url, "Hasty", "metered");
     let key = create_key(url, &acme);
-    let limits = "[rate_limits.plans.metered]\nper_minute = { requests = 4 }\n";
-    let proxy = Proxy::serve(dir.path(), &config(url, limits));
+    // The built-in demo server answers without streaming first, so every
+    // answer is a plain JSON response that can carry the headers.
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\ncommand = {:?}\nargs = [\"demo-upstream\"]\n\
+         [database]\nurl = {url:?}\n[rate_limits.plans.metered]\nper_minute = {{ requests = 4 }}\n{PLANS}",
+        common::bin()
+    );
+    let proxy = Proxy::serve(dir.path(), &toml);
     let first = client(&proxy, &key).await;
     // Every request of an identified customer counts, initialize included:
     // this session's initialize and two calls, then the next session's
     // initialize, use the four.
     for n in 1..=2 {
-        let r = first
+        let answer = first
             .post(&call(json!(n), "echo", json!({"message": "x"})))
-            .await
-            .response();
+            .await;
+        let r = answer.response();
         assert!(r.get("result").is_some(), "call {n}: {r}");
+        // HTTP clients see the limit in headers too.
+        let header = |name: &str| {
+            answer
+                .headers
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            header("x-ratelimit-limit").as_deref(),
+            Some("4"),
+            "{:?}",
+            answer.headers
+        );
+        let left = (4 - 1 - n).to_string();
+        assert_eq!(header("x-ratelimit-remaining"), Some(left), "call {n}");
+        assert!(header("retry-after").is_none());
     }
     let second = client(&proxy, &key).await;
-    let refused = second
+    let answer = second
         .post(&call(json!(4), "echo", json!({"message": "x"})))
-        .await
-        .response();
+        .await;
+    let retry_after: u64 = answer.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(answer.headers["x-ratelimit-remaining"], "0");
+    let refused = answer.response();
     let data = &refused["error"]["data"];
     assert_eq!(data["reason"], "rate_limited", "{refused}");
     assert_eq!(data["window"], "minute");
     let retry = data["retry_after_ms"].as_u64().unwrap();
     assert!(retry > 0 && retry <= 20_000, "{refused}");
+    assert_eq!(
+        retry_after,
+        retry.div_ceil(1000),
+        "Retry-After is retry_after_ms in whole seconds"
+    );
     // The refused call was not charged.
     let charges = ledger(url, &acme)
         .iter()

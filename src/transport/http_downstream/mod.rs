@@ -22,7 +22,7 @@ mod stateless;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::body::Body;
@@ -35,6 +35,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use mcp_meter_auth::TransportIdentity;
 use mcp_meter_plugin::{BoxMcpService, McpRequest, SessionInfo, TransportKind};
+use mcp_meter_rate_limit::RateLimitStatus;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
@@ -378,11 +379,27 @@ fn mcp_request(
     request
 }
 
-/// Runs a request through the stack; a proxy fault becomes its JSON-RPC error.
-async fn run_stack(stack: BoxMcpService, request: McpRequest) -> Message {
+/// Where a single request's rate-limit status is left for the HTTP
+/// response's `X-RateLimit-*` headers.
+pub(super) type LimitSlot = Arc<OnceLock<RateLimitStatus>>;
+
+/// Runs a request through the stack; a proxy fault becomes its JSON-RPC
+/// error. The rate-limit status, if the stack set one, goes to `limits`.
+async fn run_stack(
+    stack: BoxMcpService,
+    request: McpRequest,
+    limits: Option<LimitSlot>,
+) -> Message {
     let id = request.message.id().cloned();
     match stack.oneshot(request).await {
-        Ok(response) => response.message,
+        Ok(response) => {
+            if let (Some(slot), Some(status)) =
+                (limits, response.extensions.get::<RateLimitStatus>())
+            {
+                let _ = slot.set(*status);
+            }
+            response.message
+        }
         Err(error) => match id {
             Some(id) => error.into_response(&id).message,
             None => Message::error_response(None, error.code(), &error.to_string(), None),
@@ -399,6 +416,7 @@ async fn answer_batch(
         run_stack(
             session.stack(),
             mcp_request(session, message, identity, headers),
+            None,
         )
     });
     let answers = futures_util::future::join_all(calls).await;
@@ -440,7 +458,8 @@ async fn answer_request(
     let (interim_tx, interim) = mpsc::channel::<Message>(64);
     let mut request = mcp_request(session, message, identity, headers);
     request.extensions.insert(InterimSink(interim_tx));
-    let call = Box::pin(run_stack(session.stack(), request));
+    let limits = LimitSlot::default();
+    let call = Box::pin(run_stack(session.stack(), request, Some(limits.clone())));
     let mut response = match stream_answer(call, interim).await {
         Answered::Json(answer) => {
             if initialize && answer.kind() != crate::protocol::MessageKind::Response {
@@ -454,6 +473,16 @@ async fn answer_request(
     };
     if let (true, Ok(value)) = (initialize, HeaderValue::from_str(session.id().as_str())) {
         response.headers_mut().insert(SESSION_HEADER, value);
+    }
+    with_limit_headers(response, &limits)
+}
+
+/// Adds `X-RateLimit-*` (and, for a refusal, `Retry-After`) when the call
+/// was answered before the response started. A refusal stays a JSON-RPC
+/// error in a `200`, so clients keep its `data` (`retry_after_ms`).
+pub(super) fn with_limit_headers(mut response: Response, limits: &LimitSlot) -> Response {
+    if let Some(status) = limits.get() {
+        response.headers_mut().extend(status.headers());
     }
     response
 }

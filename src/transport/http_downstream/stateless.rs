@@ -15,7 +15,7 @@ use mcp_meter_auth::TransportIdentity;
 use mcp_meter_plugin::{McpRequest, SessionInfo, TransportKind};
 use tokio::sync::mpsc;
 
-use super::{Answered, AppState, Refusal, run_stack, stream_answer};
+use super::{Answered, AppState, LimitSlot, Refusal, run_stack, stream_answer, with_limit_headers};
 use crate::engine::{InterimSink, UpstreamHeaders};
 use crate::protocol::stateless::{self as revision, Rejection};
 use crate::protocol::{Message, RequestId};
@@ -55,8 +55,13 @@ pub(super) async fn post(
     request
         .extensions
         .insert(UpstreamHeaders(forwarded_headers(headers)));
-    let call = Box::pin(run_stack(state.proxy.stateless_stack(), request));
-    Ok(match stream_answer(call, interim).await {
+    let limits = LimitSlot::default();
+    let call = Box::pin(run_stack(
+        state.proxy.stateless_stack(),
+        request,
+        Some(limits.clone()),
+    ));
+    let response = match stream_answer(call, interim).await {
         Answered::Json(answer) => {
             let status = answer
                 .error_code()
@@ -69,7 +74,8 @@ pub(super) async fn post(
                 .into_response()
         }
         Answered::Stream(response) => response,
-    })
+    };
+    Ok(with_limit_headers(response, &limits))
 }
 
 /// The client's headers that travel to an HTTP upstream with the request.
