@@ -33,8 +33,14 @@
 //!   at `PROXY_BENCH_POSTGRES_URL` (default
 //!   `postgres://postgres@127.0.0.1:5432/test`) and dropped at the end (a
 //!   server that cannot be reached skips the row with a note).
-//!   `PROXY_BENCH_METERED=sqlite`, `=postgres` or `=0` picks the rows
-//!   (default: both). Their cost is also reported over the passthrough HTTP
+//! - **HTTP proxy + auth + usage + credits (SQLite)** and **(PostgreSQL)**:
+//!   the same, with one credits plan in the configuration (`echo` costs 1
+//!   credit) and the customer on it with a large grant: each call also
+//!   reserves its credit before it is forwarded and settles it after. The
+//!   check at the end also requires exactly one credit spent per call.
+//!   `PROXY_BENCH_METERED` picks the metered rows: any of `sqlite`,
+//!   `postgres`, `sqlite-credits`, `postgres-credits`, or `0` (default: all
+//!   four). Their cost is also reported over the passthrough HTTP
 //!   row of the same run. Once the proxy has stopped (on SIGTERM it writes
 //!   every queued record before it exits), the bench reads the customer's
 //!   usage records and checks that there is exactly one per `tools/call`
@@ -97,7 +103,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use mcp_meter::store::{self, StoreOptions, UsageFilter};
-use mcp_meter_plugin::identity::CustomerId;
+use mcp_meter_plugin::identity::{CustomerId, UnixMillis};
+use mcp_meter_plugin::ledger::{BalanceChange, EntryKind};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -225,22 +232,33 @@ impl Settings {
     }
 }
 
-/// `PROXY_BENCH_METERED`: `sqlite,postgres` (the default, also `1`), one of
-/// them, or `0` for none.
+/// `PROXY_BENCH_METERED`: any of `sqlite`, `postgres`, `sqlite-credits`,
+/// `postgres-credits` (all four is the default, also `1`), or `0` for none.
 fn metered_from_env() -> Res<Vec<Database>> {
     let text = std::env::var("PROXY_BENCH_METERED").unwrap_or_else(|_| "1".into());
     match text.trim() {
         "0" | "" | "none" => return Ok(Vec::new()),
-        "1" => return Ok(vec![Database::Sqlite, Database::Postgres]),
+        "1" => {
+            return Ok(vec![
+                Database::Sqlite,
+                Database::SqliteCredits,
+                Database::Postgres,
+                Database::PostgresCredits,
+            ]);
+        }
         _ => {}
     }
     text.split(',')
         .map(|word| match word.trim() {
             "sqlite" => Ok(Database::Sqlite),
             "postgres" | "postgresql" => Ok(Database::Postgres),
-            other => Err(
-                format!("PROXY_BENCH_METERED: {other:?} is not sqlite, postgres, 1 or 0").into(),
-            ),
+            "sqlite-credits" => Ok(Database::SqliteCredits),
+            "postgres-credits" => Ok(Database::PostgresCredits),
+            other => Err(format!(
+                "PROXY_BENCH_METERED: {other:?} is not sqlite, postgres, sqlite-credits, \
+                 postgres-credits, 1 or 0"
+            )
+            .into()),
         })
         .collect()
 }
@@ -1149,11 +1167,14 @@ async fn start_supergateway(script: &Path, bin: &Path) -> Res<(Proc, String)> {
 /// The server on which the bench creates (and drops) its PostgreSQL database.
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-/// Where a metered row keeps its customers, keys and usage records.
+/// A metered row: where it keeps its customers, keys, usage records and
+/// ledger, and whether its customer is on a credits plan.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Database {
     Sqlite,
     Postgres,
+    SqliteCredits,
+    PostgresCredits,
 }
 
 impl Database {
@@ -1162,9 +1183,23 @@ impl Database {
         match self {
             Database::Sqlite => METERED_SQLITE,
             Database::Postgres => METERED_POSTGRES,
+            Database::SqliteCredits => CREDITS_SQLITE,
+            Database::PostgresCredits => CREDITS_POSTGRES,
         }
     }
+
+    fn is_postgres(self) -> bool {
+        matches!(self, Database::Postgres | Database::PostgresCredits)
+    }
+
+    /// Whether the row's customer is on the credits plan.
+    fn bills(self) -> bool {
+        matches!(self, Database::SqliteCredits | Database::PostgresCredits)
+    }
 }
+
+/// Credits granted to a credits row's customer: far more than a run uses.
+const BENCH_CREDITS: i64 = 1_000_000_000;
 
 /// A PostgreSQL database made for this run, dropped by [`PgScratch::drop_database`].
 struct PgScratch {
@@ -1224,9 +1259,12 @@ struct Metered {
 impl Metered {
     /// Provisions the database at `url` and writes `<dir>/<database>.toml`.
     async fn provision(database: Database, url: String, bin: &Path, dir: &Path) -> Res<Metered> {
-        let (customer, key) = create_customer_and_key(bin, &url).await?;
+        let (customer, key) = create_customer_and_key(bin, &url, database.bills()).await?;
+        if database.bills() {
+            grant_credits(&url, &customer).await?;
+        }
         let config = dir.join(format!("{database:?}.toml").to_lowercase());
-        std::fs::write(&config, metered_config(&url)?)
+        std::fs::write(&config, metered_config(&url, database.bills())?)
             .with_context(|| format!("writing {}", config.display()))?;
         Ok(Metered {
             database,
@@ -1246,10 +1284,26 @@ impl Metered {
         }
     }
 
-    /// Counts the customer's usage records against what was `sent`.
+    /// Counts the customer's usage records (and, on a credits row, the
+    /// credits spent) against what was `sent`.
     async fn check_records(&self, sent: Sent) -> Res<RecordCheck> {
-        let by_method = records_by_method(&self.url, &self.customer).await?;
-        Ok(RecordCheck { sent, by_method })
+        let store = open_store(&self.url).await?;
+        let by_method = records_by_method(store.as_ref(), &self.customer).await?;
+        let credits_spent = match self.database.bills() {
+            true => {
+                let balance = store
+                    .balance(&CustomerId::new(self.customer.as_str()))
+                    .await
+                    .context("reading the balance")?;
+                Some(BENCH_CREDITS - balance)
+            }
+            false => None,
+        };
+        Ok(RecordCheck {
+            sent,
+            by_method,
+            credits_spent,
+        })
     }
 }
 
@@ -1264,15 +1318,17 @@ async fn set_up_metered(
     let mut metered = Vec::new();
     let mut notes = Vec::new();
     for &database in &settings.metered {
-        let (url, scratch) = match database {
-            Database::Sqlite => (format!("sqlite://{}", dir.join("bench.db").display()), None),
-            Database::Postgres => match PgScratch::create(&settings.postgres_url).await {
+        let (url, scratch) = if database.is_postgres() {
+            match PgScratch::create(&settings.postgres_url).await {
                 Ok((scratch, url)) => (url, Some(scratch)),
                 Err(e) => {
-                    notes.push(format!("{METERED_POSTGRES}: skipped ({e})"));
+                    notes.push(format!("{}: skipped ({e})", database.row()));
                     continue;
                 }
-            },
+            }
+        } else {
+            let file = format!("{database:?}.db").to_lowercase();
+            (format!("sqlite://{}", dir.join(file).display()), None)
         };
         let shown = mcp_meter::store::redact_url(&url);
         match Metered::provision(database, url, bin, dir).await {
@@ -1304,30 +1360,63 @@ async fn remove_all(metered: &[Metered]) {
     }
 }
 
-/// The configuration of a metered row: only `[database]`; `wrap` supplies
-/// the upstream, and every other setting keeps its default (plugins
-/// `usage_recorder`, `auth`, `call_log`).
-fn metered_config(database_url: &str) -> Res<String> {
+/// The configuration of a metered row: `[database]`, and on a credits row
+/// one credits plan (`echo` costs 1 credit); `wrap` supplies the upstream,
+/// and every other setting keeps its default (plugins `usage_recorder`,
+/// `auth`, `billing` on a credits row, `call_log`).
+fn metered_config(database_url: &str, bills: bool) -> Res<String> {
     // A JSON string is a valid TOML basic string.
     let url = serde_json::to_string(database_url).context("database URL")?;
-    Ok(format!("[database]\nurl = {url}\n"))
+    let mut config = format!("[database]\nurl = {url}\n");
+    if bills {
+        config.push_str(
+            "\n[[plans]]\nid = \"bench\"\nmodel = \"credits\"\n[plans.prices]\ndefault = 1\n",
+        );
+    }
+    Ok(config)
+}
+
+/// Grants [`BENCH_CREDITS`] to a credits row's customer.
+async fn grant_credits(url: &str, customer: &str) -> Res<()> {
+    let store = open_store(url).await?;
+    let change = BalanceChange {
+        customer_id: CustomerId::new(customer),
+        kind: EntryKind::Grant,
+        amount: BENCH_CREDITS,
+        idempotency_key: "bench".into(),
+        reason: None,
+        at: UnixMillis::now(),
+    };
+    store
+        .change_balance(&change)
+        .await
+        .context("granting the bench credits")?;
+    Ok(())
+}
+
+/// Opens mcp-meter's store at `url`.
+async fn open_store(url: &str) -> Res<std::sync::Arc<dyn store::Store>> {
+    store::open(&StoreOptions::new(url))
+        .await
+        .with_context(|| format!("opening {}", store::redact_url(url)))
 }
 
 /// A customer and an API key for it, made with the CLI as an operator would.
-async fn create_customer_and_key(bin: &Path, url: &str) -> Res<(String, String)> {
-    let customers = cli_json(
-        bin,
-        &[
-            "customers",
-            "add",
-            "--name",
-            "Bench",
-            "--json",
-            "--database-url",
-            url,
-        ],
-    )
-    .await?;
+/// On a credits row the customer is on the `bench` plan.
+async fn create_customer_and_key(bin: &Path, url: &str, bills: bool) -> Res<(String, String)> {
+    let mut args = vec![
+        "customers",
+        "add",
+        "--name",
+        "Bench",
+        "--json",
+        "--database-url",
+        url,
+    ];
+    if bills {
+        args.extend(["--plan", "bench"]);
+    }
+    let customers = cli_json(bin, &args).await?;
     let customer = customers[0]["id"]
         .as_str()
         .with_context(|| format!("customers add printed no id: {customers}"))?
@@ -1370,10 +1459,7 @@ async fn cli_json(bin: &Path, args: &[&str]) -> Res<serde_json::Value> {
 
 /// The number of `customer`'s usage records per method, read through
 /// mcp-meter's own store (as `mcp-meter usage` does).
-async fn records_by_method(url: &str, customer: &str) -> Res<BTreeMap<String, u64>> {
-    let store = store::open(&StoreOptions::new(url))
-        .await
-        .with_context(|| format!("opening {}", store::redact_url(url)))?;
+async fn records_by_method(store: &dyn store::Store, customer: &str) -> Res<BTreeMap<String, u64>> {
     let filter = UsageFilter {
         customer: Some(CustomerId::new(customer)),
         since: None,
@@ -1403,6 +1489,8 @@ struct Sent {
 struct RecordCheck {
     sent: Sent,
     by_method: BTreeMap<String, u64>,
+    /// On a credits row: credits taken from the balance (1 per call).
+    credits_spent: Option<i64>,
 }
 
 impl RecordCheck {
@@ -1416,6 +1504,9 @@ impl RecordCheck {
         self.count("tools/call") == self.sent.calls
             && self.count("initialize") == self.sent.sessions
             && total == self.sent.calls + self.sent.sessions
+            && self
+                .credits_spent
+                .is_none_or(|spent| u64::try_from(spent) == Ok(self.sent.calls))
     }
 
     /// E.g. `records: 9 of 9 calls (tools/call), 2 of 2 initialize: ok`.
@@ -1427,6 +1518,13 @@ impl RecordCheck {
             self.count("initialize"),
             self.sent.sessions
         );
+        if let Some(spent) = self.credits_spent {
+            let _ = write!(
+                text,
+                ", {spent} credits spent for {} calls",
+                self.sent.calls
+            );
+        }
         if self.ok() {
             text.push_str(": ok");
         } else {
@@ -1645,7 +1743,8 @@ fn report_metering(
 ) {
     let _ = writeln!(
         out,
-        "\nMetering: auth (one key lookup per call) + usage (one record per call), over {HTTP_PROXY} in this run"
+        "\nMetering: auth (one key lookup per call) + usage (one record per call), and credits \
+         (a reservation and a settlement per call), over {HTTP_PROXY} in this run"
     );
     for note in notes {
         let _ = writeln!(out, "  {note}");
@@ -1698,6 +1797,8 @@ const SUPERGATEWAY: &str = "supergateway HTTP→stdio";
 
 const METERED_SQLITE: &str = "HTTP proxy + auth + usage (SQLite)";
 const METERED_POSTGRES: &str = "HTTP proxy + auth + usage (PostgreSQL)";
+const CREDITS_SQLITE: &str = "HTTP proxy + auth + usage + credits (SQLite)";
+const CREDITS_POSTGRES: &str = "HTTP proxy + auth + usage + credits (PostgreSQL)";
 
 async fn run(settings: Settings) -> Res<()> {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_mcp-meter"));
