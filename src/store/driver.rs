@@ -30,6 +30,12 @@ pub(super) trait Driver:
     /// a transaction that reads first cannot fail on upgrade).
     const BEGIN_WRITE: &'static str;
 
+    /// Whether the database takes one writer at a time (SQLite). The store
+    /// then queues its own writers in memory, so that they wait their turn
+    /// instead of sleeping in the database's busy handler (in steps of one
+    /// millisecond and more).
+    const ONE_WRITER: bool;
+
     /// Appended to a `SELECT` of rows the write transaction is about to
     /// change: locks them until the transaction ends, so the value read is
     /// the value the transaction changes (` FOR UPDATE`). Empty on SQLite,

@@ -13,6 +13,7 @@ use super::driver::{ConnectFailure, Driver};
 impl Driver for MySql {
     const BACKEND: Backend = Backend::MySql;
     const BEGIN_WRITE: &'static str = "BEGIN";
+    const ONE_WRITER: bool = false;
     const FOR_UPDATE: &'static str = " FOR UPDATE";
     const SKIP_STORED_RETURNING_NEW: Option<&'static str> = None;
     const ADD_TO_DAILY: &'static str = " ON DUPLICATE KEY UPDATE \

@@ -12,6 +12,7 @@ use super::driver::{ConnectFailure, Driver, ON_CONFLICT_ADD_TO_DAILY};
 impl Driver for Postgres {
     const BACKEND: Backend = Backend::Postgres;
     const BEGIN_WRITE: &'static str = "BEGIN";
+    const ONE_WRITER: bool = false;
     const FOR_UPDATE: &'static str = " FOR UPDATE";
     const SKIP_STORED_RETURNING_NEW: Option<&'static str> =
         Some(" ON CONFLICT (call_id) DO NOTHING RETURNING call_id");

@@ -14,6 +14,7 @@ use mcp_meter_plugin::ports::{
     CustomerDirectory, KeyGrant, NewCustomer, StoreError, UsageRecord, UsageSink,
 };
 use sqlx::Pool;
+use tokio::sync::{Mutex, MutexGuard};
 
 use super::driver::Driver;
 use super::error::Fault;
@@ -23,12 +24,28 @@ use super::{Backend, DailyUsage, NewApiKey, Store, UsageFilter, customers, keys,
 /// The store over a pool of one backend.
 pub(super) struct SqlStore<DB: Driver> {
     pool: Pool<DB>,
+    /// On a one-writer database, this process's writers take turns here.
+    writers: Mutex<()>,
 }
 
 impl<DB: Driver> SqlStore<DB> {
     /// A store over `pool` (already migrated).
     pub(super) fn new(pool: Pool<DB>) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            writers: Mutex::new(()),
+        }
+    }
+
+    /// Waits for this process's turn to write, on a one-writer database
+    /// ([`Driver::ONE_WRITER`]); elsewhere writers go straight to the
+    /// database, which orders them itself.
+    async fn write_turn(&self) -> Option<MutexGuard<'_, ()>> {
+        if DB::ONE_WRITER {
+            Some(self.writers.lock().await)
+        } else {
+            None
+        }
     }
 }
 
@@ -55,10 +72,12 @@ impl<DB: Driver> CustomerDirectory for SqlStore<DB> {
     }
 
     async fn provision_customer(&self, new: NewCustomer) -> Result<Customer, StoreError> {
+        let _turn = self.write_turn().await;
         done::<DB, _>(customers::provision(&self.pool, new).await)
     }
 
     async fn touch_keys(&self, used: &[(KeyId, UnixMillis)]) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         done::<DB, _>(keys::touch(&self.pool, used).await)
     }
 }
@@ -66,6 +85,7 @@ impl<DB: Driver> CustomerDirectory for SqlStore<DB> {
 #[async_trait]
 impl<DB: Driver> UsageSink for SqlStore<DB> {
     async fn record_usage(&self, batch: &[UsageRecord]) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         done::<DB, _>(usage::record(&self.pool, batch).await)
     }
 }
@@ -73,14 +93,17 @@ impl<DB: Driver> UsageSink for SqlStore<DB> {
 #[async_trait]
 impl<DB: Driver> Ledger for SqlStore<DB> {
     async fn reserve(&self, reservation: &Reservation) -> Result<ReserveOutcome, StoreError> {
+        let _turn = self.write_turn().await;
         done::<DB, _>(ledger::reserve(&self.pool, reservation).await)
     }
 
     async fn settle(&self, settlement: &Settlement) -> Result<SettleOutcome, StoreError> {
+        let _turn = self.write_turn().await;
         done::<DB, _>(ledger::settle(&self.pool, settlement).await)
     }
 
     async fn change_balance(&self, change: &BalanceChange) -> Result<ChangeOutcome, StoreError> {
+        let _turn = self.write_turn().await;
         done::<DB, _>(ledger::change_balance(&self.pool, change).await)
     }
 
@@ -89,10 +112,12 @@ impl<DB: Driver> Ledger for SqlStore<DB> {
     }
 
     async fn accrue(&self, accrual: &Accrual) -> Result<AccrueOutcome, StoreError> {
+        let _turn = self.write_turn().await;
         done::<DB, _>(ledger::accrue(&self.pool, accrual).await)
     }
 
     async fn step_counter(&self, step: &CounterStep) -> Result<CounterOutcome, StoreError> {
+        let _turn = self.write_turn().await;
         done::<DB, _>(ledger::step_counter(&self.pool, step).await)
     }
 
@@ -128,6 +153,7 @@ impl<DB: Driver> Store for SqlStore<DB> {
     }
 
     async fn create_customer(&self, new: NewCustomer) -> Result<Customer, StoreError> {
+        let _turn = self.write_turn().await;
         done::<DB, _>(customers::create(&self.pool, new).await)
     }
 
@@ -144,10 +170,12 @@ impl<DB: Driver> Store for SqlStore<DB> {
         id: &CustomerId,
         status: CustomerStatus,
     ) -> Result<Customer, StoreError> {
+        let _turn = self.write_turn().await;
         done::<DB, _>(customers::set_status(&self.pool, id, status).await)
     }
 
     async fn create_api_key(&self, new: NewApiKey) -> Result<ApiKeyRecord, StoreError> {
+        let _turn = self.write_turn().await;
         done::<DB, _>(keys::create(&self.pool, new).await)
     }
 
@@ -159,6 +187,7 @@ impl<DB: Driver> Store for SqlStore<DB> {
     }
 
     async fn revoke_api_key(&self, id: &KeyId, at: UnixMillis) -> Result<ApiKeyRecord, StoreError> {
+        let _turn = self.write_turn().await;
         done::<DB, _>(keys::revoke(&self.pool, id, at).await)
     }
 

@@ -22,6 +22,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 impl Driver for Sqlite {
     const BACKEND: Backend = Backend::Sqlite;
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    const ONE_WRITER: bool = true;
     const FOR_UPDATE: &'static str = "";
     const SKIP_STORED_RETURNING_NEW: Option<&'static str> = None;
     const ADD_TO_DAILY: &'static str = ON_CONFLICT_ADD_TO_DAILY;
