@@ -580,3 +580,91 @@ async fn header_body_mismatch_is_refused_with_32020() {
     let (_dir, proxy) = serve_in_front_of(&server.url);
     assert_header_checks(&proxy.url, "through mcp-meter").await;
 }
+
+/// Runs `billed_client.py` against `url` and returns its JSON document.
+fn billed_client(url: &str, key: Option<&str>, calls: u32) -> Value {
+    let mut command = Command::new(python());
+    command
+        .arg(script("billed_client.py"))
+        .args(["--url", url, "--calls", &calls.to_string()])
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONIOENCODING", "utf-8");
+    if let Some(key) = key {
+        command.args(["--key", key]);
+    }
+    let (ok, stdout, stderr) = run(command, Duration::from_secs(90));
+    assert!(ok, "billed_client.py failed:\n{stderr}");
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("billed_client.py printed no JSON ({e}):\n{stdout}\n{stderr}"))
+}
+
+/// The Python SDK as an authenticated, billed client: it connects with its
+/// API key, sees prices in `tools/list`, gets each call's cost and balance
+/// in `_meta`, and, when the credits run out, a JSON-RPC error whose data
+/// says why. Without a key it cannot connect at all.
+#[tokio::test]
+async fn python_sdk_pays_with_credits_through_serve() {
+    let db = common::db::TestDb::sqlite().await;
+    let url = db.url();
+    let customer = common::admin_json(
+        url,
+        &[
+            "customers",
+            "add",
+            "--name",
+            "Py",
+            "--plan",
+            "starter",
+            "--json",
+        ],
+    )[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key =
+        common::admin_json(url, &["keys", "create", "--customer", &customer, "--json"])["key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let (ok, out) = common::admin_text(
+        url,
+        &[
+            "credits",
+            "grant",
+            "--customer",
+            &customer,
+            "--amount",
+            "3",
+            "--idempotency-key",
+            "py",
+        ],
+    );
+    assert!(ok, "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\ncommand = {:?}\nargs = [\"demo-upstream\"]\n\
+         [database]\nurl = {url:?}\n\
+         [[plans]]\nid = \"starter\"\nmodel = \"credits\"\nupgrade_url = \"https://pay.example.com\"\n\
+         [plans.prices]\ndefault = 1\n",
+        bin()
+    );
+    let proxy = Proxy::serve(dir.path(), &toml);
+
+    let document = billed_client(&proxy.url, Some(&key), 4);
+    assert!(document.get("fatal").is_none(), "{document}");
+    assert_eq!(document["tools"]["echo"]["price"], 1, "{document}");
+    let calls = document["calls"].as_array().unwrap();
+    for (n, balance) in [2, 1, 0].into_iter().enumerate() {
+        assert_eq!(calls[n]["text"], format!("call {n}"), "{document}");
+        assert_eq!(calls[n]["billing"]["charged"], 1, "{document}");
+        assert_eq!(calls[n]["billing"]["balance"], balance, "{document}");
+    }
+    let refused = &calls[3]["error"];
+    assert_eq!(refused["code"], -32030, "{document}");
+    assert_eq!(refused["data"]["reason"], "insufficient_credits");
+    assert_eq!(refused["data"]["upgrade_url"], "https://pay.example.com");
+
+    let anonymous = billed_client(&proxy.url, None, 1);
+    assert!(anonymous["fatal"].is_string(), "{anonymous}");
+    assert!(anonymous.get("calls").is_none(), "{anonymous}");
+}
