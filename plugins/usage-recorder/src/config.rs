@@ -16,12 +16,11 @@ pub struct RecorderConfig {
     /// The most records written in one batch (one sink transaction), in
     /// records. At least 1.
     pub max_batch: usize,
-    /// The longest a queued record may wait before the write of its batch
-    /// starts while the sink is healthy, in milliseconds. The writer starts
-    /// a write as soon as any record is queued (group commit: records that
-    /// arrive during a write form the next batch), so this bound is always
-    /// met; it is kept so that a waiting strategy can be added without a
-    /// configuration change.
+    /// How long the first queued record waits for others before their
+    /// batch is written, in milliseconds (a full batch is written at once;
+    /// shutdown never waits). Larger batches mean fewer write transactions,
+    /// which on SQLite leaves the single write lock to the ledger. `0`
+    /// writes as soon as anything is queued.
     pub flush_interval_ms: u64,
     /// The wait before the first retry of a failed batch, in milliseconds.
     /// Each further retry doubles it, up to `retry_backoff_max_ms`.

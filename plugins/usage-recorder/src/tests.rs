@@ -515,3 +515,50 @@ async fn a_fault_after_authentication_still_names_the_customer() {
     assert_eq!(record.key_id.unwrap().as_str(), "key_slot");
     handle.shutdown(WAIT).await;
 }
+
+/// Records that arrive within `flush_interval_ms` of the first go out in one
+/// batch; with 0 the writer does not wait.
+#[tokio::test(start_paused = true)]
+async fn records_wait_for_their_batch_at_most_the_flush_interval() {
+    let sink = Arc::new(MemorySink::new());
+    let config = RecorderConfig {
+        flush_interval_ms: 200,
+        ..fast()
+    };
+    let (layer, handle) = start(&sink, config);
+    let started = tokio::time::Instant::now();
+    assert!(layer.layer(upstream()).oneshot(call("ok")).await.is_ok());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        sink.batches.load(Ordering::SeqCst),
+        0,
+        "still waiting for more"
+    );
+    assert!(layer.layer(upstream()).oneshot(call("ok")).await.is_ok());
+    sink.wait_written(2).await;
+    assert_eq!(sink.batches.load(Ordering::SeqCst), 1, "one batch for both");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_millis(300),
+        "{waited:?}"
+    );
+    handle.shutdown(WAIT).await;
+}
+
+/// Shutdown does not wait out the flush interval: the queued record is
+/// written at once.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_the_flush_interval() {
+    let sink = Arc::new(MemorySink::new());
+    let config = RecorderConfig {
+        flush_interval_ms: 3_600_000,
+        ..fast()
+    };
+    let (layer, handle) = start(&sink, config);
+    assert!(layer.layer(upstream()).oneshot(call("ok")).await.is_ok());
+    drop(layer);
+    let report = tokio::time::timeout(Duration::from_secs(10), handle.shutdown(WAIT))
+        .await
+        .expect("shutdown did not wait an hour");
+    assert_eq!((report.written, report.lost), (1, 0));
+}

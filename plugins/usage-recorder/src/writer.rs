@@ -1,5 +1,7 @@
-//! The writer task: takes whatever is queued (up to `max_batch`), writes it
-//! in one sink call, retries failed batches with exponential backoff.
+//! The writer task: once a record is queued, waits up to `flush_interval_ms`
+//! for the batch to fill (up to `max_batch`), writes it in one sink call,
+//! and retries failed batches with exponential backoff. Shutdown never
+//! waits for a batch to fill.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,8 @@ pub(crate) struct Writer {
     sink: SharedUsageSink,
     counters: Arc<Counters>,
     max_batch: usize,
+    /// How long the first record of a batch waits for others.
+    linger: Duration,
     backoff_initial: Duration,
     backoff_max: Duration,
     /// Fires when shutdown begins; `None` once it fired or its sender was
@@ -38,6 +42,7 @@ impl Writer {
             sink,
             counters,
             max_batch: config.max_batch.max(1),
+            linger: Duration::from_millis(config.flush_interval_ms),
             backoff_initial,
             backoff_max: Duration::from_millis(config.retry_backoff_max_ms).max(backoff_initial),
             shutdown: Some(shutdown),
@@ -56,9 +61,42 @@ impl Writer {
         tracing::debug!("usage writer stopped: the queue is closed and empty");
     }
 
+    /// Waits for at least one record, then up to `flush_interval_ms` for
+    /// more, and takes up to `max_batch`; `false` when the queue is closed
+    /// and empty.
+    async fn receive(&mut self, batch: &mut Vec<UsageRecord>) -> bool {
+        if !self.receive_first(batch).await {
+            return false;
+        }
+        let deadline = Instant::now() + self.linger;
+        // Once shutdown began the queue is closed: what is left in it comes
+        // at once, then `recv_many` answers 0 and the batch is written.
+        while batch.len() < self.max_batch && !self.linger.is_zero() {
+            let room = self.max_batch - batch.len();
+            let received = match self.shutdown.as_mut() {
+                Some(signal) => tokio::select! {
+                    n = self.queue.recv_many(batch, room) => n,
+                    () = tokio::time::sleep_until(deadline) => break,
+                    fired = signal => {
+                        self.on_shutdown_signal(fired.is_ok());
+                        continue;
+                    }
+                },
+                None => tokio::select! {
+                    n = self.queue.recv_many(batch, room) => n,
+                    () = tokio::time::sleep_until(deadline) => break,
+                },
+            };
+            if received == 0 {
+                break;
+            }
+        }
+        true
+    }
+
     /// Waits for at least one record and takes up to `max_batch`; `false`
     /// when the queue is closed and empty.
-    async fn receive(&mut self, batch: &mut Vec<UsageRecord>) -> bool {
+    async fn receive_first(&mut self, batch: &mut Vec<UsageRecord>) -> bool {
         loop {
             let received = match self.shutdown.as_mut() {
                 Some(signal) => tokio::select! {
