@@ -10,10 +10,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::db::TestDb;
-use mcp_meter::store::{self, Store, StoreOptions};
+use mcp_meter::store::{self, Store};
 use mcp_meter_plugin::identity::{CallId, CustomerId, UnixMillis};
 use mcp_meter_plugin::ledger::{
     Accrual, AccrueOutcome, BalanceChange, ChangeOutcome, ChargeKey, CounterOutcome, CounterStep,
@@ -25,22 +24,6 @@ use mcp_meter_plugin::ports::{NewCustomer, StoreError};
 /// 2026-03-14T00:00:00Z.
 const DAY0: i64 = 1_773_446_400_000;
 const DAY_MS: i64 = 86_400_000;
-
-/// Opens the store with room for a burst of concurrent writers: more
-/// connections than the default test options and a long acquire timeout
-/// (hundreds of tasks queue for the pool while the writes of one balance
-/// take their turn on its row).
-async fn open_wide(db: &TestDb) -> Arc<dyn Store> {
-    let options = StoreOptions {
-        max_connections: 8,
-        acquire_timeout: Duration::from_secs(120),
-        ..db.options()
-    };
-    match store::open(&options).await {
-        Ok(store) => store,
-        Err(error) => panic!("open {:?} store: {error}", db.kind()),
-    }
-}
 
 async fn new_customer(store: &Arc<dyn Store>, name: &str) -> CustomerId {
     store
@@ -212,8 +195,11 @@ async fn ledger_migration_is_applied(db: TestDb) {
         .iter()
         .map(|m| (m.version, m.description.as_str()))
         .collect();
-    assert_eq!(applied, [(1, "initial"), (2, "ledger")]);
-    assert_eq!(report.current_version(), 2);
+    assert_eq!(
+        applied,
+        [(1, "initial"), (2, "ledger"), (3, "billing models")]
+    );
+    assert_eq!(report.current_version(), 3);
     // The store is a ledger (trait upcasting, no helper needed).
     let store = db.open().await;
     let ledger: Arc<dyn Ledger> = store;
@@ -726,7 +712,7 @@ async fn an_insufficient_balance_writes_nothing(db: TestDb) {
 }
 
 async fn concurrent_reservations_never_overdraw(db: TestDb) {
-    let store = open_wide(&db).await;
+    let store = db.open_wide().await;
     let a = new_customer(&store, "a").await;
     grant(&*store, &a, 500, "g").await;
 
@@ -763,7 +749,7 @@ async fn concurrent_reservations_never_overdraw(db: TestDb) {
 }
 
 async fn concurrent_reservations_of_one_call_charge_once(db: TestDb) {
-    let store = open_wide(&db).await;
+    let store = db.open_wide().await;
     let a = new_customer(&store, "a").await;
     grant(&*store, &a, 1000, "g").await;
 
@@ -802,7 +788,7 @@ async fn concurrent_reservations_of_one_call_charge_once(db: TestDb) {
 /// A customer's first grants race to create the balance row; each
 /// idempotency key is sent twice at once.
 async fn concurrent_grants_to_a_new_balance_apply_once_each(db: TestDb) {
-    let store = open_wide(&db).await;
+    let store = db.open_wide().await;
     let a = new_customer(&store, "a").await;
     let tasks: Vec<_> = (0..60)
         .map(|n| {
@@ -829,8 +815,8 @@ async fn concurrent_grants_to_a_new_balance_apply_once_each(db: TestDb) {
 /// Two stores on one database (two pools, as two mcp-meter instances would
 /// have) reserve from one balance at once, each call from both instances.
 async fn two_instances_share_one_balance_exactly(db: TestDb) {
-    let first = open_wide(&db).await;
-    let second = open_wide(&db).await;
+    let first = db.open_wide().await;
+    let second = db.open_wide().await;
     let a = new_customer(&first, "a").await;
     grant(&*first, &a, 300, "g").await;
 
@@ -983,7 +969,7 @@ async fn graduated_tiers_charge_each_call_at_its_own_tier(db: TestDb) {
 }
 
 async fn concurrent_accruals_get_distinct_consecutive_numbers(db: TestDb) {
-    let store = open_wide(&db).await;
+    let store = db.open_wide().await;
     let a = new_customer(&store, "a").await;
     let volume = PriceSchedule::Volume { tiers: tiers() };
     let tasks: Vec<_> = (0..300)
@@ -1093,7 +1079,7 @@ async fn counters_respect_their_cap_and_never_go_below_zero(db: TestDb) {
 }
 
 async fn concurrent_steps_never_pass_the_cap(db: TestDb) {
-    let store = open_wide(&db).await;
+    let store = db.open_wide().await;
     let a = new_customer(&store, "a").await;
     let cap = 37;
     let tasks: Vec<_> = (0..200)

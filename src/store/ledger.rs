@@ -1,7 +1,10 @@
 //! The ledger over SQL, for every backend at once: prepaid balances,
 //! reservations and their settlement (`credits`), charges accrued to a bill
-//! and quota counters (`quota`), and the append-only `ledger_entries` that
-//! record every movement. The reads live here, with what the writes share.
+//! and quota counters (`quota`), quota taken and given back per logical
+//! call (`quota_use`), metered usage with its outbox event (`metered`),
+//! plans' periodic credit grants (`grants`), and the append-only
+//! `ledger_entries` that record every movement. The reads live here, with
+//! what the writes share.
 //!
 //! Every write is one transaction begun with [`Driver::BEGIN_WRITE`]. It
 //! first reads, locked ([`Driver::FOR_UPDATE`]), the one row that decides
@@ -30,7 +33,10 @@
 //! what it finds.
 
 mod credits;
+mod grants;
+mod metered;
 mod quota;
+mod quota_use;
 
 use std::future::Future;
 use std::time::Duration;
@@ -47,7 +53,10 @@ use super::rows::{self, LEDGER_COLUMNS};
 use super::statement::Statement;
 
 pub(super) use credits::{change_balance, reserve, settle};
+pub(super) use grants::periodic_grant;
+pub(super) use metered::meter_usage;
 pub(super) use quota::{accrue, step_counter};
+pub(super) use quota_use::{release_quota, take_quota};
 
 /// How many times in all a write is tried while it keeps losing races.
 const ATTEMPTS: u32 = 8;
@@ -61,13 +70,25 @@ const UNIT_MAX_CHARS: usize = 16;
 const CALL_ID_MAX_CHARS: usize = 128;
 /// The unit of prepaid balances.
 const CREDITS: &str = "credits";
-/// Prefixes of the idempotency keys the store derives from charge keys;
-/// an operator's key may not start with one.
-const DERIVED_PREFIXES: [&str; 4] = ["reserve:", "settle:", "refund:", "charge:"];
+/// Prefixes of the idempotency keys the store derives from charge keys,
+/// plans and periods; an operator's key may not start with one.
+const DERIVED_PREFIXES: [&str; 9] = [
+    "reserve:",
+    "settle:",
+    "refund:",
+    "charge:",
+    "quota:",
+    "unquota:",
+    "usage:",
+    "period-grant:",
+    "period-expiry:",
+];
+/// The unit of quota counters' ledger entries.
+const CALLS: &str = "calls";
 
 /// Runs `once` (one transaction) again while it loses races, at most
 /// [`ATTEMPTS`] times in all, with a short random pause in between.
-async fn retrying<DB, T, F, Fut>(what: &str, mut once: F) -> Result<T, Fault>
+pub(super) async fn retrying<DB, T, F, Fut>(what: &str, mut once: F) -> Result<T, Fault>
 where
     DB: Driver,
     F: FnMut() -> Fut,
@@ -88,7 +109,7 @@ where
 }
 
 /// A request the store refuses, in the contract's terms.
-fn refused(message: String) -> Fault {
+pub(super) fn refused(message: String) -> Fault {
     Fault::Store(StoreError::Other(message))
 }
 
@@ -106,7 +127,7 @@ fn check_key(what: &str, key: &str) -> Result<(), Fault> {
 }
 
 /// The customer does not exist.
-fn not_found(customer: &CustomerId) -> Fault {
+pub(super) fn not_found(customer: &CustomerId) -> Fault {
     Fault::Store(StoreError::NotFound(format!("customer {customer}")))
 }
 

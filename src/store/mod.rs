@@ -1,7 +1,9 @@
-//! The SQL store: customers, API keys, usage and the ledger (balances,
-//! reservations, charges, quota counters) in SQLite, PostgreSQL or
-//! MySQL/MariaDB, behind the contract's ports ([`CustomerDirectory`],
-//! [`UsageSink`], [`Ledger`]) and the admin methods of [`Store`].
+//! The SQL store: customers, API keys, usage, the ledger (balances,
+//! reservations, charges, quota counters and the quota each call took,
+//! metered usage, periodic grants), subscriptions and the meter outbox in
+//! SQLite, PostgreSQL or MySQL/MariaDB, behind the contract's ports
+//! ([`CustomerDirectory`], [`UsageSink`], [`Ledger`], [`Subscriptions`],
+//! [`MeterOutbox`]) and the admin methods of [`Store`].
 //!
 //! [`open`] parses the `[database] url`, connects once (so a wrong URL, an
 //! unreachable server or bad credentials fail right away with an
@@ -13,7 +15,8 @@
 //! lost a race.
 //!
 //! The logic is written once over a sqlx [`Database`](sqlx::Database)
-//! (`driver`, `statement`, then `customers`, `keys`, `usage`, `ledger`);
+//! (`driver`, `statement`, then `customers`, `keys`, `usage`, `ledger`,
+//! `subscriptions`, `outbox`);
 //! `sqlite`, `postgres` and `mysql` hold only what differs per backend.
 //! This module must never hold a secret in clear: keys arrive as their
 //! SHA-256 hash.
@@ -27,6 +30,7 @@ mod ledger;
 mod mysql;
 mod open;
 mod options;
+mod outbox;
 mod postgres;
 mod rollup;
 mod rows;
@@ -34,6 +38,7 @@ mod schema;
 mod sql;
 mod sqlite;
 mod statement;
+mod subscriptions;
 mod usage;
 
 use std::fmt;
@@ -43,7 +48,9 @@ use mcp_meter_plugin::identity::{
     ApiKeyRecord, Customer, CustomerId, CustomerStatus, KeyId, KeyScope, UnixMillis,
 };
 use mcp_meter_plugin::ledger::Ledger;
+use mcp_meter_plugin::outbox::MeterOutbox;
 use mcp_meter_plugin::ports::{CustomerDirectory, NewCustomer, StoreError, UsageRecord, UsageSink};
+use mcp_meter_plugin::subscription::Subscriptions;
 use serde::Serialize;
 
 pub use error::OpenError;
@@ -139,11 +146,13 @@ pub struct DailyUsage {
     pub bytes_out: i64,
 }
 
-/// The whole store: the ports the plugins use plus what the CLI and the
+/// The whole store: the ports the plugins use (customers and keys, usage,
+/// the ledger, subscriptions, the meter outbox) plus what the CLI and the
 /// management API need. An `Arc<dyn Store>` coerces to the port a plugin
-/// takes (`Arc<dyn Ledger>`, `Arc<dyn UsageSink>`, …) by trait upcasting.
+/// takes (`Arc<dyn Ledger>`, `Arc<dyn Subscriptions>`,
+/// `Arc<dyn MeterOutbox>`, …) by trait upcasting.
 #[async_trait]
-pub trait Store: CustomerDirectory + UsageSink + Ledger {
+pub trait Store: CustomerDirectory + UsageSink + Ledger + Subscriptions + MeterOutbox {
     /// The database engine behind this store.
     fn backend(&self) -> Backend;
 

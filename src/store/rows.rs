@@ -1,13 +1,15 @@
 //! Rows to domain values: the column lists the queries select and how each
 //! row becomes a [`Customer`], an [`ApiKeyRecord`], a [`UsageRecord`], a
-//! [`DailyUsage`] or a [`LedgerEntry`]. A column order is defined here once
-//! and read here only.
+//! [`DailyUsage`], a [`LedgerEntry`], a [`Subscription`] or a
+//! [`MeterEvent`]. A column order is defined here once and read here only.
 
 use mcp_meter_plugin::identity::{
     ApiKeyRecord, CallId, Customer, CustomerId, CustomerStatus, KeyId, KeyScope, UnixMillis,
 };
 use mcp_meter_plugin::ledger::{EntryKind, LedgerEntry};
+use mcp_meter_plugin::outbox::{MeterEvent, OutboxStatus};
 use mcp_meter_plugin::ports::{UsageOutcome, UsageRecord};
+use mcp_meter_plugin::subscription::{Subscription, SubscriptionStatus};
 use serde::de::DeserializeOwned;
 
 use super::DailyUsage;
@@ -131,6 +133,58 @@ pub(super) fn ledger_entry(row: &impl Read) -> Result<LedgerEntry, sqlx::Error> 
         idempotency_key: row.text(9)?,
         reason: row.opt_text(10)?,
         created_at: UnixMillis(row.int(11)?),
+    })
+}
+
+/// The subscription columns, in insert order (9 columns).
+pub(super) const SUBSCRIPTION_COLUMNS: &str = "customer_id, plan_id, status, started_at, \
+     past_due_since, current_period_start, current_period_end, external_id, updated_at";
+
+/// Reads a subscription (columns as in [`SUBSCRIPTION_COLUMNS`]).
+pub(super) fn subscription(row: &impl Read) -> Result<Subscription, sqlx::Error> {
+    let customer = row.text(0)?;
+    let status = row.text(2)?;
+    Ok(Subscription {
+        plan_id: row.text(1)?,
+        status: SubscriptionStatus::parse(&status)
+            .ok_or_else(|| invalid(&customer, format!("unknown status {status:?}")))?,
+        started_at: UnixMillis(row.int(3)?),
+        past_due_since: row.opt_int(4)?.map(UnixMillis),
+        current_period_start: row.opt_int(5)?.map(UnixMillis),
+        current_period_end: row.opt_int(6)?.map(UnixMillis),
+        external_id: row.opt_text(7)?,
+        updated_at: UnixMillis(row.int(8)?),
+        customer_id: CustomerId::new(customer),
+    })
+}
+
+/// The meter outbox columns: `id`, then the rest (11 columns).
+pub(super) const METER_EVENT_COLUMNS: &str = "id, customer_id, event_name, value, identifier, \
+     occurred_at, status, attempts, last_error, next_attempt_at, sent_at";
+
+/// Reads a meter event (columns as in [`METER_EVENT_COLUMNS`]).
+pub(super) fn meter_event(row: &impl Read) -> Result<MeterEvent, sqlx::Error> {
+    let id = row.int(0)?;
+    let status = row.text(6)?;
+    let attempts = row.int(7)?;
+    Ok(MeterEvent {
+        id,
+        customer_id: CustomerId::new(row.text(1)?),
+        event_name: row.text(2)?,
+        value: row.int(3)?,
+        identifier: row.text(4)?,
+        occurred_at: UnixMillis(row.int(5)?),
+        status: OutboxStatus::parse(&status)
+            .ok_or_else(|| invalid(&id.to_string(), format!("unknown status {status:?}")))?,
+        attempts: u32::try_from(attempts).map_err(|_| {
+            invalid(
+                &id.to_string(),
+                format!("attempts out of range ({attempts})"),
+            )
+        })?,
+        last_error: row.opt_text(8)?,
+        next_attempt_at: UnixMillis(row.int(9)?),
+        sent_at: row.opt_int(10)?.map(UnixMillis),
     })
 }
 

@@ -1,25 +1,33 @@
 //! [`SqlStore`]: the ports and the admin methods over one backend's pool.
-//! Each method is one call into `customers`, `keys`, `usage` or `ledger`,
-//! with the fault mapped to the contract's [`StoreError`].
+//! Each method is one call into `customers`, `keys`, `usage`, `ledger`,
+//! `subscriptions` or `outbox`, with the fault mapped to the contract's
+//! [`StoreError`].
 
 use async_trait::async_trait;
 use mcp_meter_plugin::identity::{
     ApiKeyRecord, Customer, CustomerId, CustomerStatus, KeyId, UnixMillis,
 };
 use mcp_meter_plugin::ledger::{
-    Accrual, AccrueOutcome, BalanceChange, ChangeOutcome, CounterOutcome, CounterStep, Ledger,
-    LedgerEntry, LedgerFilter, Reservation, ReserveOutcome, SettleOutcome, Settlement,
+    Accrual, AccrueOutcome, BalanceChange, ChangeOutcome, CounterOutcome, CounterStep,
+    GrantOutcome, Ledger, LedgerEntry, LedgerFilter, MeterOutcome, MeteredUsage, PeriodicGrant,
+    QuotaOutcome, QuotaRelease, QuotaTake, ReleaseOutcome, Reservation, ReserveOutcome,
+    SettleOutcome, Settlement,
 };
+use mcp_meter_plugin::outbox::{MeterEvent, MeterOutbox, OutboxFilter};
 use mcp_meter_plugin::ports::{
     CustomerDirectory, KeyGrant, NewCustomer, StoreError, UsageRecord, UsageSink,
 };
+use mcp_meter_plugin::subscription::{Subscription, SubscriptionChange, Subscriptions};
 use sqlx::Pool;
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::driver::Driver;
 use super::error::Fault;
 use super::statement::Statement;
-use super::{Backend, DailyUsage, NewApiKey, Store, UsageFilter, customers, keys, ledger, usage};
+use super::{
+    Backend, DailyUsage, NewApiKey, Store, UsageFilter, customers, keys, ledger, outbox,
+    subscriptions, usage,
+};
 
 /// The store over a pool of one backend.
 pub(super) struct SqlStore<DB: Driver> {
@@ -132,6 +140,79 @@ impl<DB: Driver> Ledger for SqlStore<DB> {
 
     async fn entries(&self, filter: &LedgerFilter) -> Result<Vec<LedgerEntry>, StoreError> {
         done::<DB, _>(ledger::entries(&self.pool, filter).await)
+    }
+
+    async fn take_quota(&self, take: &QuotaTake) -> Result<QuotaOutcome, StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(ledger::take_quota(&self.pool, take).await)
+    }
+
+    async fn release_quota(&self, release: &QuotaRelease) -> Result<ReleaseOutcome, StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(ledger::release_quota(&self.pool, release).await)
+    }
+
+    async fn meter_usage(&self, usage: &MeteredUsage) -> Result<MeterOutcome, StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(ledger::meter_usage(&self.pool, usage).await)
+    }
+
+    async fn periodic_grant(&self, grant: &PeriodicGrant) -> Result<GrantOutcome, StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(ledger::periodic_grant(&self.pool, grant).await)
+    }
+}
+
+#[async_trait]
+impl<DB: Driver> Subscriptions for SqlStore<DB> {
+    async fn subscription(
+        &self,
+        customer: &CustomerId,
+    ) -> Result<Option<Subscription>, StoreError> {
+        done::<DB, _>(subscriptions::find(&self.pool, customer).await)
+    }
+
+    async fn set_subscription(
+        &self,
+        change: &SubscriptionChange,
+    ) -> Result<Subscription, StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(subscriptions::set(&self.pool, change).await)
+    }
+}
+
+#[async_trait]
+impl<DB: Driver> MeterOutbox for SqlStore<DB> {
+    async fn due_meter_events(
+        &self,
+        now: UnixMillis,
+        limit: u32,
+    ) -> Result<Vec<MeterEvent>, StoreError> {
+        done::<DB, _>(outbox::due(&self.pool, now, limit).await)
+    }
+
+    async fn mark_meter_events_sent(&self, ids: &[i64], at: UnixMillis) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(outbox::mark_sent(&self.pool, ids, at).await)
+    }
+
+    async fn mark_meter_event_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Option<UnixMillis>,
+    ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(outbox::mark_failed(&self.pool, id, error, retry_at).await)
+    }
+
+    async fn retry_meter_event(&self, id: i64, now: UnixMillis) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(outbox::retry(&self.pool, id, now).await)
+    }
+
+    async fn meter_events(&self, filter: &OutboxFilter) -> Result<Vec<MeterEvent>, StoreError> {
+        done::<DB, _>(outbox::list(&self.pool, filter).await)
     }
 }
 

@@ -154,6 +154,22 @@ impl TestDb {
         }
     }
 
+    /// Opens the store with room for a burst of concurrent writers: more
+    /// connections than [`Self::options`] and a long acquire timeout
+    /// (hundreds of tasks queue for the pool while the writes of one
+    /// balance or counter take their turn on its row).
+    pub async fn open_wide(&self) -> Arc<dyn Store> {
+        let options = StoreOptions {
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(120),
+            ..self.options()
+        };
+        match store::open(&options).await {
+            Ok(store) => store,
+            Err(error) => panic!("open {:?} store: {error}", self.kind),
+        }
+    }
+
     /// Runs raw SQL on this database (outside the store).
     pub async fn execute(&self, sql: &str) {
         run_sql(self.kind, &self.url, sql).await;

@@ -74,8 +74,13 @@ pub enum EntryKind {
     /// A charge accrued to the customer's bill (priced plans): no balance
     /// moves, the amount is owed for the period.
     Charge,
-    /// Credits that expired when a periodic grant reset the balance.
+    /// Credits that expired when a periodic grant reset the balance (or
+    /// carried over more than a rollover cap).
     Expiry,
+    /// Units counted on a plan without a balance: a call that used a free
+    /// or included quota, or a call's metered units on a `usage` plan. The
+    /// amount is the units, the unit their name (`calls`, `bytes`, …).
+    Usage,
 }
 
 impl EntryKind {
@@ -90,6 +95,7 @@ impl EntryKind {
             EntryKind::Adjustment => "adjustment",
             EntryKind::Charge => "charge",
             EntryKind::Expiry => "expiry",
+            EntryKind::Usage => "usage",
         }
     }
 
@@ -104,6 +110,7 @@ impl EntryKind {
             "adjustment" => EntryKind::Adjustment,
             "charge" => EntryKind::Charge,
             "expiry" => EntryKind::Expiry,
+            "usage" => EntryKind::Usage,
             _ => return None,
         })
     }
@@ -411,6 +418,161 @@ pub enum CounterOutcome {
     },
 }
 
+/// One logical call taking units of a quota (free calls, included calls)
+/// before it is forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaTake {
+    /// Whose quota.
+    pub customer_id: CustomerId,
+    /// The logical call (a call takes its units once per key).
+    pub charge_key: ChargeKey,
+    /// The usage record of the call.
+    pub call_id: CallId,
+    /// The plan whose quota it is.
+    pub plan_id: String,
+    /// The tool.
+    pub tool: Option<String>,
+    /// Which counter (e.g. `free` or `free:search`).
+    pub counter: String,
+    /// The start of the period the call falls in.
+    pub period_start: UnixMillis,
+    /// Units to take (at least 1).
+    pub units: i64,
+    /// Refuse when the counter would pass this (`None`: count only).
+    pub cap: Option<i64>,
+    /// When.
+    pub at: UnixMillis,
+}
+
+/// What taking quota did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaOutcome {
+    /// Taken now; the counter's new value.
+    Taken {
+        /// Units used in the period, this call included.
+        used: i64,
+    },
+    /// This logical call took its units before (and did not give them
+    /// back); nothing changed.
+    AlreadyTaken {
+        /// Units used in the period.
+        used: i64,
+    },
+    /// The cap would be passed; nothing changed.
+    Exhausted {
+        /// Units used in the period.
+        used: i64,
+    },
+}
+
+/// Units a failed call gives back to the quota it took them from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaRelease {
+    /// Whose quota.
+    pub customer_id: CustomerId,
+    /// The logical call that took the units (the store knows the counter
+    /// and period it took them from).
+    pub charge_key: ChargeKey,
+    /// Why (the failure kind).
+    pub reason: String,
+    /// When.
+    pub at: UnixMillis,
+}
+
+/// What giving quota back did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    /// Given back now; the counter's new value.
+    Released {
+        /// Units used in the period after the release.
+        used: i64,
+    },
+    /// The call's units were given back before; nothing changed.
+    AlreadyReleased,
+    /// This call never took units; nothing changed.
+    NotTaken,
+}
+
+/// A call's metered units on a `usage` plan: a ledger entry and, in the
+/// same transaction, an event in the meter outbox for the payment
+/// provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeteredUsage {
+    /// Whose usage.
+    pub customer_id: CustomerId,
+    /// The logical call (its usage is recorded once per key).
+    pub charge_key: ChargeKey,
+    /// The usage record of the call; also the event's identifier at the
+    /// payment provider.
+    pub call_id: CallId,
+    /// The plan.
+    pub plan_id: String,
+    /// The tool.
+    pub tool: Option<String>,
+    /// The payment provider's meter (event name).
+    pub event_name: String,
+    /// What the units are (`calls`, `bytes`, `ms`, `units`).
+    pub unit: String,
+    /// How many (zero or more).
+    pub units: i64,
+    /// When the call happened.
+    pub at: UnixMillis,
+}
+
+/// What recording metered usage did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeterOutcome {
+    /// Recorded now, with its outbox event.
+    Recorded,
+    /// This logical call's usage was recorded before; nothing changed.
+    AlreadyRecorded,
+}
+
+/// How a plan's periodic credit grant treats what is left of the balance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantMode {
+    /// What is left expires; the balance becomes the grant.
+    Reset,
+    /// What is left carries over, at most `cap` of it (the rest expires),
+    /// and the grant is added.
+    Rollover {
+        /// The most credits carried into the new period (`None`: all).
+        cap: Option<i64>,
+    },
+}
+
+/// A plan's grant of credits for one period, applied once per customer,
+/// plan and period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeriodicGrant {
+    /// Whose balance.
+    pub customer_id: CustomerId,
+    /// The plan that grants.
+    pub plan_id: String,
+    /// The start of the period granted for.
+    pub period_start: UnixMillis,
+    /// Credits granted (at least 1).
+    pub amount: i64,
+    /// What happens to what is left.
+    pub mode: GrantMode,
+    /// When.
+    pub at: UnixMillis,
+}
+
+/// What a periodic grant did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantOutcome {
+    /// Applied now.
+    Granted {
+        /// Credits that expired first.
+        expired: i64,
+        /// The balance after the grant.
+        balance: i64,
+    },
+    /// This period's grant was applied before; nothing changed.
+    AlreadyGranted,
+}
+
 /// Which ledger entries to read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LedgerFilter {
@@ -456,6 +618,29 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Ledger entries in order.
     async fn entries(&self, filter: &LedgerFilter) -> Result<Vec<LedgerEntry>, StoreError>;
+
+    /// Takes a call's units from a quota counter, refusing to pass its cap,
+    /// once per charge key while taken: a call whose units were given back
+    /// (it failed) may take them again as a new attempt. The ledger records
+    /// each take as a [`EntryKind::Usage`] entry (idempotency key
+    /// `quota:{charge_key}:{attempt}`).
+    async fn take_quota(&self, take: &QuotaTake) -> Result<QuotaOutcome, StoreError>;
+
+    /// Gives a failed call's units back to the counter and period they
+    /// were taken from, once per attempt (a [`EntryKind::Refund`] entry
+    /// keyed `unquota:{charge_key}:{attempt}`).
+    async fn release_quota(&self, release: &QuotaRelease) -> Result<ReleaseOutcome, StoreError>;
+
+    /// Records a call's metered units (a [`EntryKind::Usage`] entry keyed
+    /// `usage:{charge_key}`) and its meter event in the outbox, in one
+    /// transaction, once per charge key.
+    async fn meter_usage(&self, usage: &MeteredUsage) -> Result<MeterOutcome, StoreError>;
+
+    /// Applies a plan's credit grant for a period, once per customer, plan
+    /// and period (keys `period-grant:{plan}:{period_start}` and
+    /// `period-expiry:{plan}:{period_start}`), with the expiry of what
+    /// does not carry over, in one transaction.
+    async fn periodic_grant(&self, grant: &PeriodicGrant) -> Result<GrantOutcome, StoreError>;
 }
 
 /// A shared [`Ledger`].
@@ -525,6 +710,7 @@ mod tests {
             EntryKind::Adjustment,
             EntryKind::Charge,
             EntryKind::Expiry,
+            EntryKind::Usage,
         ] {
             assert_eq!(EntryKind::parse(kind.as_str()), Some(kind));
         }

@@ -41,10 +41,12 @@ mod error;
 pub mod identity;
 pub mod jsonrpc;
 pub mod ledger;
+pub mod outbox;
 mod plugin;
 pub mod ports;
 mod request;
 mod response;
+pub mod subscription;
 
 pub use error::ProxyError;
 pub use plugin::{BoxMcpService, LayerPlugin, Plugin};

@@ -8,7 +8,7 @@
 //! module must never take credits the balance does not hold, never charge
 //! a call twice, and never return more than a reservation took.
 
-use mcp_meter_plugin::identity::CustomerId;
+use mcp_meter_plugin::identity::{CustomerId, UnixMillis};
 use mcp_meter_plugin::ledger::{
     BalanceChange, ChangeOutcome, EntryKind, Reservation, ReserveOutcome, SettleOutcome, Settlement,
 };
@@ -363,15 +363,7 @@ async fn change_once<DB: Driver>(
     if locked.is_some() {
         add_to_balance::<DB>(&mut tx, customer, c.amount, c.at).await?;
     } else {
-        let mut insert =
-            Statement::<DB>::new("INSERT INTO balances (customer_id, balance, updated_at) VALUES ");
-        insert.tuples([()], |t, ()| {
-            t.bind(customer.as_str()).bind(balance_after).bind(c.at);
-        });
-        insert
-            .execute(&mut tx)
-            .await
-            .map_err(|error| unless_no_customer(error, customer))?;
+        insert_balance::<DB>(&mut tx, customer, balance_after, c.at).await?;
     }
     append::<DB>(
         &mut tx,
@@ -394,8 +386,28 @@ async fn change_once<DB: Driver>(
     Ok(ChangeOutcome::Applied { balance_after })
 }
 
+/// Creates the customer's balance row at `balance` (the caller found none
+/// under the lock). Two writers creating it at once: the primary key
+/// refuses one, which runs again and then finds it.
+pub(super) async fn insert_balance<DB: Driver>(
+    conn: &mut DB::Connection,
+    customer: &CustomerId,
+    balance: i64,
+    at: UnixMillis,
+) -> Result<(), Fault> {
+    let mut insert =
+        Statement::<DB>::new("INSERT INTO balances (customer_id, balance, updated_at) VALUES ");
+    insert.tuples([()], |t, ()| {
+        t.bind(customer.as_str()).bind(balance).bind(at);
+    });
+    insert
+        .execute(conn)
+        .await
+        .map_err(|error| unless_no_customer(error, customer))
+}
+
 /// Whether the customer exists.
-async fn customer_exists<DB: Driver>(
+pub(super) async fn customer_exists<DB: Driver>(
     conn: &mut DB::Connection,
     customer: &CustomerId,
 ) -> Result<bool, sqlx::Error> {

@@ -20,10 +20,13 @@ use super::{
 };
 
 /// One counter in one period.
-struct CounterKey<'a> {
-    customer: &'a CustomerId,
-    counter: &'a str,
-    period_start: UnixMillis,
+pub(super) struct CounterKey<'a> {
+    /// Whose counter.
+    pub(super) customer: &'a CustomerId,
+    /// Which counter.
+    pub(super) counter: &'a str,
+    /// The start of its period.
+    pub(super) period_start: UnixMillis,
 }
 
 impl CounterKey<'_> {
@@ -40,7 +43,7 @@ impl CounterKey<'_> {
 
     /// The counter's value, its row locked until the transaction ends;
     /// `None` when it was never moved.
-    async fn locked<DB: Driver>(
+    pub(super) async fn locked<DB: Driver>(
         &self,
         conn: &mut DB::Connection,
     ) -> Result<Option<i64>, sqlx::Error> {
@@ -56,7 +59,7 @@ impl CounterKey<'_> {
     /// Sets the counter to `used`: an update of the row read locked, or an
     /// insert when there was none (two inserts racing: the primary key
     /// refuses one, which runs again).
-    async fn set<DB: Driver>(
+    pub(super) async fn set<DB: Driver>(
         &self,
         conn: &mut DB::Connection,
         existed: bool,

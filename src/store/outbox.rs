@@ -1,0 +1,178 @@
+//! The meter outbox: events written by `meter_usage` (with the usage they
+//! report, in one transaction) and drained by the billing plugin's worker,
+//! which reads the due ones, then marks each sent, failed with a time to
+//! try again, or parked; the operator puts a parked event back in the
+//! queue.
+//!
+//! Each mark is one conditional update, so marks from several workers (or
+//! instances) never undo one another: a sent event stays sent, and only a
+//! pending event records a failure. This module must never lose an event
+//! or mark one sent that the worker did not send.
+
+use mcp_meter_plugin::identity::UnixMillis;
+use mcp_meter_plugin::outbox::{MeterEvent, OutboxFilter, OutboxStatus};
+use sqlx::Pool;
+
+use super::driver::{Driver, Read};
+use super::error::Fault;
+use super::rollup::fit;
+use super::rows::{self, METER_EVENT_COLUMNS};
+use super::statement::Statement;
+
+/// The longest failure message kept (the rest is cut).
+const ERROR_MAX_CHARS: usize = 1_000;
+
+/// Runs a select of [`METER_EVENT_COLUMNS`].
+async fn fetch<DB: Driver>(
+    pool: &Pool<DB>,
+    statement: Statement<DB>,
+) -> Result<Vec<MeterEvent>, Fault> {
+    let mut conn = pool.acquire().await?;
+    let found = statement.fetch_all(&mut conn).await?;
+    Ok(found
+        .iter()
+        .map(rows::meter_event)
+        .collect::<Result<_, _>>()?)
+}
+
+/// Pending events due at `now`, by due time then id, at most `limit`.
+pub(super) async fn due<DB: Driver>(
+    pool: &Pool<DB>,
+    now: UnixMillis,
+    limit: u32,
+) -> Result<Vec<MeterEvent>, Fault> {
+    let mut statement = Statement::<DB>::new("SELECT ");
+    statement
+        .push(METER_EVENT_COLUMNS)
+        .push(" FROM meter_outbox WHERE status = ")
+        .bind(OutboxStatus::Pending.as_str())
+        .push(" AND next_attempt_at <= ")
+        .bind(now)
+        .push(" ORDER BY next_attempt_at, id LIMIT ")
+        .bind(i64::from(limit));
+    fetch(pool, statement).await
+}
+
+/// Marks pending (or parked) events sent at `at`; sent ones stay as they
+/// are.
+pub(super) async fn mark_sent<DB: Driver>(
+    pool: &Pool<DB>,
+    ids: &[i64],
+    at: UnixMillis,
+) -> Result<(), Fault> {
+    let mut ids = ids.to_vec();
+    // In id order, so that concurrent marks lock rows in one order.
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut tx = pool.begin_with(DB::BEGIN_WRITE).await?;
+    for chunk in ids.chunks(DB::MAX_PARAMS.saturating_sub(8).max(1)) {
+        let mut update = Statement::<DB>::new("UPDATE meter_outbox SET status = ");
+        update
+            .one_off()
+            .bind(OutboxStatus::Sent.as_str())
+            .push(", sent_at = ")
+            .bind(at)
+            .push(" WHERE status IN (")
+            .bind(OutboxStatus::Pending.as_str())
+            .push(", ")
+            .bind(OutboxStatus::Parked.as_str())
+            .push(") AND id IN (");
+        for (n, id) in chunk.iter().enumerate() {
+            if n > 0 {
+                update.push(", ");
+            }
+            update.bind(*id);
+        }
+        update.push(")");
+        update.execute(&mut tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Records a failed attempt of a pending event: due again at `retry_at`,
+/// or parked.
+pub(super) async fn mark_failed<DB: Driver>(
+    pool: &Pool<DB>,
+    id: i64,
+    error: &str,
+    retry_at: Option<UnixMillis>,
+) -> Result<(), Fault> {
+    let mut update = Statement::<DB>::new("UPDATE meter_outbox SET attempts = attempts + 1");
+    update
+        .push(", last_error = ")
+        .bind(fit(error, ERROR_MAX_CHARS));
+    match retry_at {
+        Some(at) => update.push(", next_attempt_at = ").bind(at),
+        None => update
+            .push(", status = ")
+            .bind(OutboxStatus::Parked.as_str()),
+    };
+    update
+        .push(" WHERE id = ")
+        .bind(id)
+        .push(" AND status = ")
+        .bind(OutboxStatus::Pending.as_str());
+    let mut conn = pool.acquire().await?;
+    Ok(update.execute(&mut conn).await?)
+}
+
+/// Puts a parked event back in the queue, due at `now`; `false` when no
+/// parked event has this id. Its failed attempts are kept.
+pub(super) async fn retry<DB: Driver>(
+    pool: &Pool<DB>,
+    id: i64,
+    now: UnixMillis,
+) -> Result<bool, Fault> {
+    let mut tx = pool.begin_with(DB::BEGIN_WRITE).await?;
+    let mut read = Statement::<DB>::new("SELECT status FROM meter_outbox WHERE id = ");
+    read.bind(id).push(DB::FOR_UPDATE);
+    let parked = match read.fetch_optional(&mut tx).await? {
+        Some(row) => row.text(0)? == OutboxStatus::Parked.as_str(),
+        None => false,
+    };
+    if !parked {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    let mut update = Statement::<DB>::new("UPDATE meter_outbox SET status = ");
+    update
+        .bind(OutboxStatus::Pending.as_str())
+        .push(", next_attempt_at = ")
+        .bind(now)
+        .push(" WHERE id = ")
+        .bind(id);
+    update.execute(&mut tx).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Events matching `filter`, by id ascending.
+pub(super) async fn list<DB: Driver>(
+    pool: &Pool<DB>,
+    filter: &OutboxFilter,
+) -> Result<Vec<MeterEvent>, Fault> {
+    let mut statement = Statement::<DB>::new("SELECT ");
+    statement
+        .one_off()
+        .push(METER_EVENT_COLUMNS)
+        .push(" FROM meter_outbox WHERE 1 = 1");
+    if let Some(status) = filter.status {
+        statement.push(" AND status = ").bind(status.as_str());
+    }
+    if let Some(customer) = &filter.customer {
+        statement
+            .push(" AND customer_id = ")
+            .bind(customer.as_str());
+    }
+    if let Some(after) = filter.after_id {
+        statement.push(" AND id > ").bind(after);
+    }
+    statement
+        .push(" ORDER BY id LIMIT ")
+        .bind(i64::from(filter.limit));
+    fetch(pool, statement).await
+}
