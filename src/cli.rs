@@ -101,6 +101,16 @@ pub enum Command {
         #[command(subcommand)]
         action: CreditsAction,
     },
+    /// Subscriptions: set a customer's subscription and its status (when
+    /// no payment provider keeps it current), or show it.
+    Subscriptions {
+        /// Which database.
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// What to do.
+        #[command(subcommand)]
+        action: SubscriptionsAction,
+    },
     /// The plans of a configuration, with their effective prices.
     Plans {
         /// The configuration file whose [[plans]] to show.
@@ -264,6 +274,51 @@ pub enum CreditsAction {
         /// Most rows.
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `subscriptions` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SubscriptionsAction {
+    /// Create or change a customer's subscription; the customer is moved to
+    /// its plan. Setting the same values again changes nothing else.
+    Set {
+        /// The customer id.
+        #[arg(long)]
+        customer: String,
+        /// The plan subscribed to (a `subscription` plan of the
+        /// configuration).
+        #[arg(long)]
+        plan: String,
+        /// active, trialing, past_due, unpaid, canceled, incomplete or paused.
+        #[arg(long)]
+        status: String,
+        /// When it started (RFC 3339): the anchor of subscription-anchored
+        /// periods (default: kept, or now for a new subscription).
+        #[arg(long)]
+        started_at: Option<String>,
+        /// The payment provider's current period start (RFC 3339), with
+        /// --period-end.
+        #[arg(long, requires = "period_end")]
+        period_start: Option<String>,
+        /// The payment provider's current period end (RFC 3339).
+        #[arg(long, requires = "period_start")]
+        period_end: Option<String>,
+        /// The payment provider's subscription id.
+        #[arg(long)]
+        external_id: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a customer's subscription.
+    Show {
+        /// The customer id.
+        #[arg(long)]
+        customer: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,

@@ -9,6 +9,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mcp_meter_billing::money::PriceText;
+use mcp_meter_billing::plan::PlanConfig;
+use mcp_meter_billing::plan::config::{CreditsConfig, PricesConfig};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -145,11 +148,13 @@ async fn dispatch(cli: Cli) -> Result<(), RunError> {
                 max_connections: 10,
                 acquire_timeout_secs: 3,
             });
+            config.billing.default_plan = Some(crate::admin::DEMO_PLAN.into());
+            config.plans = vec![demo_plan()];
             check_problems("demo", validate(&config))?;
             init_logging(&cli.log_format, &cli.log_level, &config);
-            let key = crate::admin::demo_key(&database_url).await?;
+            let account = crate::admin::demo_account(&database_url).await?;
             serve_http_with(config, move |url| {
-                print_demo_banner(url, &key, &database_url)
+                print_demo_banner(url, &account, &database_url)
             })
             .await
         }
@@ -168,6 +173,10 @@ async fn dispatch(cli: Cli) -> Result<(), RunError> {
         }
         Command::Credits { database, action } => {
             crate::admin::billing::credits(&database, &action).await?;
+            Ok(())
+        }
+        Command::Subscriptions { database, action } => {
+            crate::admin::subscriptions::run(&database, &action).await?;
             Ok(())
         }
         Command::Plans { config, action } => {
@@ -315,15 +324,52 @@ async fn serve_http_with(config: Config, banner: impl FnOnce(&str)) -> Result<()
     result
 }
 
-fn print_demo_banner(url: &str, key: &str, database: &str) {
+/// The demo's credits plan: 1 credit a call, 5 for `slow`; failed calls
+/// are refunded.
+fn demo_plan() -> PlanConfig {
+    PlanConfig {
+        id: crate::admin::DEMO_PLAN.into(),
+        name: Some("Demo credits".into()),
+        model: "credits".into(),
+        currency: None,
+        upgrade_url: None,
+        refusal: None,
+        refusal_code: None,
+        prices: PricesConfig {
+            default: Some(PriceText::Whole(1)),
+            tools: [("slow".to_owned(), PriceText::Whole(5))].into(),
+            free: Vec::new(),
+            not_included: Vec::new(),
+        },
+        credits: Some(CreditsConfig {
+            low_balance_warnings: vec![20],
+            ..CreditsConfig::default()
+        }),
+        per_call: None,
+        subscription: None,
+        usage: None,
+        freemium: None,
+    }
+}
+
+fn print_demo_banner(url: &str, account: &crate::admin::DemoAccount, database: &str) {
+    let crate::admin::DemoAccount {
+        customer,
+        key,
+        balance,
+    } = account;
     println!(
         "\nmcp-meter demo is running.\n\n  MCP endpoint:   {url}\n  upstream:       the built-in demo server (tools: echo, add, slow, fail)\n  \
-         API key:        {key}\n                  (the demo customer's key; every call without it gets 401)\n\n\
+         API key:        {key}\n                  (the demo customer's key; every call without it gets 401)\n  \
+         Balance:        {balance} credits\n                  (plan `demo`: 1 credit a call, 5 for `slow`; failed calls are refunded;\n                  \
+         each result's _meta[\"mcp-meter/billing\"] shows the cost and the balance left)\n\n\
          Connect a client:\n  MCP Inspector:  npx @modelcontextprotocol/inspector --transport http --server-url {url} --header 'Authorization: Bearer {key}'\n  \
          Client config:  {{\"mcpServers\": {{\"demo\": {{\"type\": \"http\", \"url\": \"{url}\", \"headers\": {{\"Authorization\": \"Bearer {key}\"}}}}}}}}\n  \
          curl:           curl -s {url} -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\\n                    \
          -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{{\"protocolVersion\":\"2025-11-25\",\"capabilities\":{{}},\"clientInfo\":{{\"name\":\"curl\",\"version\":\"1\"}}}}}}' -i\n\n\
-         Usage so far:    mcp-meter usage --database-url {database} --customer <id from: mcp-meter customers list --database-url {database}>\n\n\
+         Balance:         mcp-meter credits balance --database-url {database} --customer {customer}\n\
+         Ledger:          mcp-meter credits ledger --database-url {database} --customer {customer}\n\
+         Usage so far:    mcp-meter usage --database-url {database} --customer {customer}\n\n\
          Press Ctrl-C to stop.\n"
     );
 }

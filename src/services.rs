@@ -15,6 +15,7 @@ use mcp_meter_auth::jwt::JwtConfigError;
 use mcp_meter_billing::{BillingLayer, Catalog};
 use mcp_meter_plugin::ledger::SharedLedger;
 use mcp_meter_plugin::ports::{SharedClock, SystemClock};
+use mcp_meter_plugin::subscription::Subscriptions;
 use mcp_meter_usage_recorder::{RecorderHandle, UsageRecorder};
 use tokio::task::JoinHandle;
 
@@ -101,8 +102,13 @@ pub async fn start(config: &Config) -> Result<RunningServices, ServicesError> {
         let catalog =
             Catalog::compile(&config.billing, &config.plans).map_err(ServicesError::Plans)?;
         let ledger: SharedLedger = store.clone();
-        running.services.billing =
-            Some(BillingLayer::new(Arc::new(catalog), ledger, clock.clone()));
+        let subscriptions: Arc<dyn Subscriptions> = store.clone();
+        running.services.billing = Some(BillingLayer::new(
+            Arc::new(catalog),
+            ledger,
+            subscriptions,
+            clock.clone(),
+        ));
     }
     if wants("usage_recorder") {
         let (layer, handle) = UsageRecorder::start(store.clone(), clock, config.usage.clone());

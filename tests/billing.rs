@@ -11,75 +11,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
+use common::billing::{
+    META, add_customer, balance, call, client, config_with, create_key, grant, ledger,
+};
 use common::db::TestDb;
-use common::{Proxy, RawClient, admin_json, admin_text, eventually, first_text};
+use common::{Proxy, admin_json, admin_text, eventually, first_text};
 use serde_json::{Value, json};
-
-const META: &str = "mcp-meter/billing";
-
-fn add_customer(db: &str, name: &str, plan: &str) -> String {
-    let created = admin_json(
-        db,
-        &["customers", "add", "--name", name, "--plan", plan, "--json"],
-    );
-    created[0]["id"].as_str().unwrap().to_owned()
-}
-
-fn create_key(db: &str, customer: &str) -> String {
-    let created = admin_json(db, &["keys", "create", "--customer", customer, "--json"]);
-    created["key"].as_str().unwrap().to_owned()
-}
-
-fn grant(db: &str, customer: &str, amount: i64, key: &str) -> String {
-    let (ok, out) = admin_text(
-        db,
-        &[
-            "credits",
-            "grant",
-            "--customer",
-            customer,
-            "--amount",
-            &amount.to_string(),
-            "--idempotency-key",
-            key,
-        ],
-    );
-    assert!(ok, "{out}");
-    out
-}
-
-fn balance(db: &str, customer: &str) -> i64 {
-    admin_json(
-        db,
-        &["credits", "balance", "--customer", customer, "--json"],
-    )["balance"]
-        .as_i64()
-        .unwrap()
-}
-
-fn ledger(db: &str, customer: &str) -> Vec<Value> {
-    admin_json(
-        db,
-        &[
-            "credits",
-            "ledger",
-            "--customer",
-            customer,
-            "--limit",
-            "10000",
-            "--json",
-        ],
-    )
-    .as_array()
-    .unwrap()
-    .clone()
-}
-
-fn everything() -> (String, Vec<String>) {
-    let mut command = common::everything_stdio();
-    let program = command.remove(0);
-    (program, command)
-}
 
 const PLANS: &str = r#"
 [billing]
@@ -114,21 +51,7 @@ tiers = [ { up_to = 2, price = "0.01" }, { up_to = 4, price = "0.005" }, { price
 "#;
 
 fn config(db: &str, extra: &str) -> String {
-    let (command, args) = everything();
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nmax_sessions = 64\n[upstream]\ncommand = {command:?}\nargs = {args:?}\n\
-         [database]\nurl = {db:?}\nmax_connections = 20\n{extra}\n{PLANS}"
-    )
-}
-
-fn call(id: Value, name: &str, arguments: Value) -> Value {
-    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":name,"arguments":arguments}})
-}
-
-async fn client(proxy: &Proxy, key: &str) -> RawClient {
-    let mut client = RawClient::with_bearer(&proxy.url, key);
-    client.initialize("2025-11-25").await;
-    client
+    config_with(db, extra, PLANS)
 }
 
 async fn credits_end_to_end(db: &TestDb) {

@@ -6,17 +6,27 @@ mod common;
 use common::{Proxy, RawClient, first_text};
 use serde_json::json;
 
-/// The demo's printed API key (the banner line `API key: mcp_…`).
-fn printed_key(proxy: &Proxy) -> String {
+/// The demo's printed API key and balance (the banner lines `API key:
+/// mcp_…` and `Balance: N credits`).
+fn printed_key_and_balance(proxy: &Proxy) -> (String, i64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut key = None;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let line = proxy
             .stdout
             .recv_timeout(left)
-            .expect("the demo prints its API key");
-        if let Some(key) = line.trim().strip_prefix("API key:") {
-            return key.trim().to_owned();
+            .expect("the demo prints its API key and balance");
+        if let Some(printed) = line.trim().strip_prefix("API key:") {
+            key = Some(printed.trim().to_owned());
+        }
+        if let Some(balance) = line
+            .trim()
+            .strip_prefix("Balance:")
+            .and_then(|b| b.trim().strip_suffix(" credits"))
+        {
+            let key = key.expect("the key comes before the balance");
+            return (key, balance.parse().expect("a whole balance"));
         }
     }
 }
@@ -35,8 +45,9 @@ async fn the_demo_serves_its_tools_through_the_proxy() {
         ],
         &[],
     );
-    let key = printed_key(&proxy);
+    let (key, balance) = printed_key_and_balance(&proxy);
     assert!(key.starts_with("mcp_") && key.len() == 53, "{key}");
+    assert_eq!(balance, 100, "the demo customer starts with 100 credits");
 
     // Without the key, calls are refused before any session exists.
     let anonymous = RawClient::new(&proxy.url);
@@ -69,7 +80,14 @@ async fn the_demo_serves_its_tools_through_the_proxy() {
     let sum = client
         .call_tool(json!(2), "add", json!({"a": 40, "b": 2}))
         .await;
-    assert_eq!(first_text(&sum.response()), "42");
+    let sum = sum.response();
+    assert_eq!(first_text(&sum), "42");
+    let billing = &sum["result"]["_meta"]["mcp-meter/billing"];
+    assert_eq!(
+        (billing["charged"].clone(), billing["balance"].clone()),
+        (json!(1), json!(99)),
+        "{sum}"
+    );
     let overflow = client
         .call_tool(json!(3), "add", json!({"a": i64::MAX, "b": 1}))
         .await
@@ -153,4 +171,11 @@ async fn the_demo_serves_its_tools_through_the_proxy() {
         expected.map(|(t, o)| (t.to_owned(), o.to_owned())),
         "{records}"
     );
+    // Three calls were served and charged (add, echo: 1 credit; slow: 5);
+    // the three failures were refunded.
+    let balance = common::admin_json(
+        &database,
+        &["credits", "balance", "--customer", id, "--json"],
+    );
+    assert_eq!(balance["balance"], 100 - 1 - 1 - 5, "{balance}");
 }

@@ -6,10 +6,10 @@
 use std::path::Path;
 
 use mcp_meter_billing::Catalog;
-use mcp_meter_billing::plan::{Model, Plan, price_table};
+use mcp_meter_billing::plan::{Meter, Model, Plan, price_table};
 use mcp_meter_plugin::identity::{CallId, UnixMillis};
 use mcp_meter_plugin::ledger::{
-    BalanceChange, ChangeOutcome, EntryKind, LedgerFilter, PriceSchedule,
+    BalanceChange, ChangeOutcome, EntryKind, GrantMode, LedgerFilter, PriceSchedule,
 };
 use serde_json::json;
 
@@ -233,18 +233,7 @@ pub fn plans(config: Option<&Path>, action: &PlansAction) -> Result<(), AdminErr
                 plan.model.name(),
                 plan.unit
             );
-            if let Model::PerCall {
-                schedule,
-                period,
-                minimum,
-            } = &plan.model
-            {
-                println!("period: {}", period.name());
-                print_schedule(plan, schedule);
-                if let Some(minimum) = minimum {
-                    println!("minimum per period: {}", plan.unit.format(*minimum));
-                }
-            }
+            print_model(plan);
             let rows: Vec<Vec<String>> = price_table(plan)
                 .into_iter()
                 .map(|(tool, price)| vec![tool, price])
@@ -253,6 +242,78 @@ pub fn plans(config: Option<&Path>, action: &PlansAction) -> Result<(), AdminErr
         }
     }
     Ok(())
+}
+
+fn print_model(plan: &Plan) {
+    match &plan.model {
+        Model::PerCall {
+            schedule,
+            period,
+            minimum,
+        } => {
+            println!("period: {}", period.name());
+            print_schedule(plan, schedule);
+            if let Some(minimum) = minimum {
+                println!("minimum per period: {}", plan.unit.format(*minimum));
+            }
+        }
+        Model::Credits { grant, .. } => {
+            if let Some(grant) = grant {
+                let mode = match grant.mode {
+                    GrantMode::Reset => "unused credits expire".to_owned(),
+                    GrantMode::Rollover { cap: None } => "unused credits carry over".to_owned(),
+                    GrantMode::Rollover { cap: Some(cap) } => {
+                        format!("up to {cap} unused credits carry over")
+                    }
+                };
+                println!(
+                    "grant: {} credits per {} ({mode})",
+                    grant.amount,
+                    grant.period.name()
+                );
+            }
+        }
+        Model::Subscription(rules) => {
+            if let Some(fee) = rules.fee {
+                println!("fee: {} per period", plan.unit.format(fee));
+            }
+            println!(
+                "included: {} calls per {}; beyond them: {}",
+                rules.included_calls,
+                rules.period.name(),
+                if rules.overage {
+                    "overage at the prices below"
+                } else {
+                    "refused"
+                }
+            );
+            println!("past-due grace: {} hours", rules.grace_ms / 3_600_000);
+        }
+        Model::Usage(rules) => {
+            let meter = match &rules.meter {
+                Meter::Meta(key) => format!("meta (the result's _meta[{key:?}])"),
+                meter => meter.name().to_owned(),
+            };
+            println!(
+                "meter event: {}; each call counts {meter}",
+                rules.event_name
+            );
+        }
+        Model::Freemium(rules) => {
+            println!(
+                "free: {} calls per {}",
+                rules.free_calls,
+                rules.window.name()
+            );
+            for (tool, cap) in &rules.tool_quotas {
+                println!("  {tool}: {cap} calls per {}", rules.window.name());
+            }
+            match &rules.then_plan {
+                Some(then) => println!("beyond the quota: charged on plan {then}"),
+                None => println!("beyond the quota: refused"),
+            }
+        }
+    }
 }
 
 fn print_schedule(plan: &Plan, schedule: &PriceSchedule) {
@@ -282,15 +343,56 @@ fn describe(plan: &Plan) -> serde_json::Value {
         "prices": price_table(plan),
         "upgrade_url": plan.upgrade_url,
     });
-    if let Model::PerCall {
-        schedule,
-        period,
-        minimum,
-    } = &plan.model
-    {
-        value["period"] = json!(period.name());
-        value["schedule"] = json!(schedule);
-        value["minimum"] = json!(minimum.map(|m| plan.unit.format(m)));
+    match &plan.model {
+        Model::PerCall {
+            schedule,
+            period,
+            minimum,
+        } => {
+            value["period"] = json!(period.name());
+            value["schedule"] = json!(schedule);
+            value["minimum"] = json!(minimum.map(|m| plan.unit.format(m)));
+        }
+        Model::Credits { grant, .. } => {
+            value["grant"] = json!(grant.map(|g| json!({
+                "amount": g.amount,
+                "period": g.period.name(),
+                "mode": match g.mode {
+                    GrantMode::Reset => "reset",
+                    GrantMode::Rollover { .. } => "rollover",
+                },
+                "rollover_cap": match g.mode {
+                    GrantMode::Rollover { cap } => cap,
+                    GrantMode::Reset => None,
+                },
+            })));
+        }
+        Model::Subscription(rules) => {
+            value["fee"] = json!(rules.fee.map(|f| plan.unit.format(f)));
+            value["included_calls"] = json!(rules.included_calls);
+            value["beyond_included"] = json!(if rules.overage { "overage" } else { "refuse" });
+            value["period"] = json!(rules.period.name());
+            value["grace_period_hours"] = json!(rules.grace_ms / 3_600_000);
+        }
+        Model::Usage(rules) => {
+            value["event_name"] = json!(rules.event_name);
+            value["meter"] = json!(rules.meter.name());
+            if let Meter::Meta(key) = &rules.meter {
+                value["meta_key"] = json!(key);
+            }
+        }
+        Model::Freemium(rules) => {
+            value["free_calls"] = json!(rules.free_calls);
+            value["window"] = json!(rules.window.name());
+            value["tool_quotas"] = json!(
+                rules
+                    .tool_quotas
+                    .iter()
+                    .cloned()
+                    .collect::<std::collections::BTreeMap<_, _>>()
+            );
+            value["then_plan"] = json!(rules.then_plan);
+        }
     }
     value
 }

@@ -6,6 +6,7 @@
 //! store keeps its SHA-256 hash and its visible prefix only.
 
 pub mod billing;
+pub mod subscriptions;
 mod table;
 
 use std::path::Path;
@@ -16,6 +17,7 @@ use mcp_meter_auth::key::ApiKey;
 use mcp_meter_plugin::identity::{
     ApiKeyRecord, Customer, CustomerId, CustomerStatus, KeyId, KeyScope, UnixMillis,
 };
+use mcp_meter_plugin::ledger::{BalanceChange, EntryKind};
 use mcp_meter_plugin::ports::{NewCustomer, StoreError, UsageRecord};
 use serde::Serialize;
 
@@ -249,7 +251,7 @@ pub(crate) fn customer_id(text: &str) -> Result<CustomerId, AdminError> {
         .ok_or_else(|| AdminError::BadInput(format!("{text:?} is not a customer id (cus_…)")))
 }
 
-fn parse_time(text: &str, flag: &str) -> Result<UnixMillis, AdminError> {
+pub(crate) fn parse_time(text: &str, flag: &str) -> Result<UnixMillis, AdminError> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| UnixMillis(t.timestamp_millis()))
         .map_err(|e| {
@@ -419,9 +421,27 @@ fn print_daily(rows: &[DailyUsage], json: bool) {
 /// The subject that marks the demo customer, so `mcp-meter demo` reuses it.
 const DEMO_SUBJECT: &str = "mcp-meter-demo";
 
-/// For `mcp-meter demo`: the demo customer (created on first run, reused
-/// after) and a new API key for it, returned in clear to be printed once.
-pub async fn demo_key(database_url: &str) -> Result<String, AdminError> {
+/// The demo customer's plan (see `crate::run`'s demo configuration).
+pub const DEMO_PLAN: &str = "demo";
+/// Credits the demo customer starts with, granted once per database.
+pub const DEMO_CREDITS: i64 = 100;
+
+/// What `mcp-meter demo` prints: the demo customer, a new key in clear
+/// (shown once) and the balance.
+#[derive(Debug, Clone)]
+pub struct DemoAccount {
+    /// The demo customer's id.
+    pub customer: CustomerId,
+    /// The new API key.
+    pub key: String,
+    /// The customer's credits now.
+    pub balance: i64,
+}
+
+/// For `mcp-meter demo`: the demo customer on the demo credits plan
+/// (created on first run, reused after) with its welcome credits (granted
+/// once per database), and a new API key for it.
+pub async fn demo_account(database_url: &str) -> Result<DemoAccount, AdminError> {
     let store = open_store(&DatabaseArgs {
         config: None,
         database_url: Some(database_url.to_owned()),
@@ -431,13 +451,25 @@ pub async fn demo_key(database_url: &str) -> Result<String, AdminError> {
         .provision_customer(NewCustomer {
             name: "Demo customer".into(),
             external_subject: Some(DEMO_SUBJECT.into()),
+            plan_id: Some(DEMO_PLAN.into()),
             ..NewCustomer::default()
         })
         .await?;
+    store
+        .change_balance(&BalanceChange {
+            customer_id: customer.id.clone(),
+            kind: EntryKind::Grant,
+            amount: DEMO_CREDITS,
+            idempotency_key: "demo-welcome-credits".into(),
+            reason: Some("mcp-meter demo: welcome credits".into()),
+            at: UnixMillis::now(),
+        })
+        .await?;
+    let balance = store.balance(&customer.id).await?;
     let key = ApiKey::generate();
     store
         .create_api_key(NewApiKey {
-            customer_id: customer.id,
+            customer_id: customer.id.clone(),
             key_hash: key.hash(),
             prefix: key.visible_prefix().to_owned(),
             name: Some("demo".into()),
@@ -445,5 +477,9 @@ pub async fn demo_key(database_url: &str) -> Result<String, AdminError> {
             expires_at: None,
         })
         .await?;
-    Ok(key.expose().to_owned())
+    Ok(DemoAccount {
+        customer: customer.id,
+        key: key.expose().to_owned(),
+        balance,
+    })
 }

@@ -3,6 +3,7 @@
 //! Streamable HTTP where a test needs to see exactly what a client receives.
 #![allow(dead_code)]
 
+pub mod billing;
 pub mod db;
 
 use std::io::{BufRead, BufReader};

@@ -11,6 +11,7 @@ use tower::{Service, ServiceExt};
 
 use crate::charge_key::charge_key;
 use crate::failure::failure_of;
+use crate::grants;
 use crate::layer::{Billing, MeteredCall};
 use crate::meta::with_billing_meta;
 use crate::plan::{Model, ToolPrice};
@@ -30,6 +31,7 @@ where
     let Model::Credits {
         refund_on,
         low_balance_warnings,
+        grant,
     } = &call.plan.model
     else {
         return inner.oneshot(call.request).await;
@@ -56,17 +58,20 @@ where
         at: billing.clock.now(),
     };
     let lane = billing.lanes.enter(&customer_id).await;
+    if let Some(grant) = grant {
+        grants::apply_due(billing, &customer_id, &plan_id, grant).await;
+    }
     let reserved = billing.ledger.reserve(&reservation).await;
     drop(lane);
     let reserved = match reserved {
         Ok(outcome) => outcome,
         Err(error) => {
             tracing::error!(%error, customer = %customer_id, "cannot reserve credits; refusing the call");
-            let denial = Denial::new(
-                "billing_unavailable",
-                "Billing is unavailable right now, so the call was neither forwarded nor charged; try again shortly.",
-            );
-            return Ok(refuse(&call.request, Some(&call.plan), denial));
+            return Ok(refuse(
+                &call.request,
+                Some(&call.plan),
+                Denial::billing_unavailable(),
+            ));
         }
     };
     let (attempt, balance_after_reserve) = match reserved {

@@ -12,19 +12,25 @@ use std::task::{Context, Poll};
 use mcp_meter_plugin::identity::{CallId, Caller};
 use mcp_meter_plugin::ledger::SharedLedger;
 use mcp_meter_plugin::ports::SharedClock;
+use mcp_meter_plugin::subscription::Subscriptions;
 use mcp_meter_plugin::{McpRequest, McpResponse, ProxyError};
 use tower::{Layer, Service, ServiceExt};
 
+use crate::grants::GrantedPeriods;
 use crate::lanes::Lanes;
 use crate::plan::{Catalog, Model, Plan, ToolPrice};
 use crate::refusal::{Denial, refuse};
-use crate::{credits, per_call, tools_list};
+use crate::{credits, freemium, per_call, subscription, tools_list, usage};
 
-/// What every call needs: the plans, the ledger and the time.
+/// What every call needs: the plans, the ledger, the subscriptions and the
+/// time.
 pub(crate) struct Billing {
     pub(crate) catalog: Arc<Catalog>,
     pub(crate) ledger: SharedLedger,
+    pub(crate) subscriptions: Arc<dyn Subscriptions>,
     pub(crate) clock: SharedClock,
+    /// Periods whose credit grant this process has seen applied.
+    pub(crate) granted: GrantedPeriods,
     /// Serializes each customer's ledger writes within this process.
     pub(crate) lanes: Lanes,
 }
@@ -45,13 +51,21 @@ pub struct BillingLayer {
 }
 
 impl BillingLayer {
-    /// A layer over the compiled plans, the ledger and the clock.
-    pub fn new(catalog: Arc<Catalog>, ledger: SharedLedger, clock: SharedClock) -> Self {
+    /// A layer over the compiled plans, the ledger, the subscriptions and
+    /// the clock.
+    pub fn new(
+        catalog: Arc<Catalog>,
+        ledger: SharedLedger,
+        subscriptions: Arc<dyn Subscriptions>,
+        clock: SharedClock,
+    ) -> Self {
         Self {
             billing: Arc::new(Billing {
                 catalog,
                 ledger,
+                subscriptions,
                 clock,
+                granted: GrantedPeriods::default(),
                 lanes: Lanes::new(),
             }),
         }
@@ -140,9 +154,44 @@ impl Billing {
             Ok(call) => call,
             Err(refusal) => return Ok(*refusal),
         };
+        let plan = call.plan.clone();
+        match &plan.model {
+            Model::Credits { .. } | Model::PerCall { .. } => {
+                self.charge_on_paid_plan(call, inner).await
+            }
+            Model::Subscription(rules) => subscription::run(self, call, rules, inner).await,
+            Model::Usage(rules) => usage::run(self, call, rules, inner).await,
+            Model::Freemium(rules) => freemium::run(self, call, rules.clone(), inner).await,
+        }
+    }
+
+    /// Charges a call on a plan that prices each call (`credits` or
+    /// `per_call`): the caller's own, or a freemium plan's `then_plan`.
+    pub(crate) async fn charge_on_paid_plan<S>(
+        &self,
+        call: MeteredCall,
+        inner: S,
+    ) -> Result<McpResponse, ProxyError>
+    where
+        S: Service<McpRequest, Response = McpResponse, Error = ProxyError> + Send,
+        S::Future: Send,
+    {
+        if call.price == ToolPrice::NotIncluded {
+            let denial = not_in_plan(call.request.tool_name(), &call.plan);
+            return Ok(refuse(&call.request, Some(&call.plan), denial));
+        }
         match &call.plan.model {
             Model::Credits { .. } => credits::run(self, call, inner).await,
             Model::PerCall { .. } => per_call::run(self, call, inner).await,
+            // A freemium plan's `then_plan` is checked to be one of the two.
+            _ => {
+                tracing::error!(plan = %call.plan.id, "a call fell through to a plan that does not price calls; refusing it");
+                let denial = Denial::new(
+                    "plan_unavailable",
+                    "Your plan cannot charge this call; contact the operator.",
+                );
+                Ok(refuse(&call.request, Some(&call.plan), denial))
+            }
         }
     }
 
@@ -182,15 +231,7 @@ impl Billing {
         };
         let price = plan.price_of(request.tool_name());
         if price == ToolPrice::NotIncluded {
-            let tool = request.tool_name().unwrap_or_default().to_owned();
-            let denial = Denial::new(
-                "tool_not_in_plan",
-                format!(
-                    "The tool `{tool}` is not included in your plan `{}`.",
-                    plan.id
-                ),
-            )
-            .fact("tool", tool.as_str());
+            let denial = not_in_plan(request.tool_name(), &plan);
             return Err(Box::new(refuse(&request, Some(&plan), denial)));
         }
         let call_id = request
@@ -206,4 +247,17 @@ impl Billing {
             call_id,
         })
     }
+}
+
+/// The refusal of a tool the plan does not include.
+fn not_in_plan(tool: Option<&str>, plan: &Plan) -> Denial {
+    let tool = tool.unwrap_or_default();
+    Denial::new(
+        "tool_not_in_plan",
+        format!(
+            "The tool `{tool}` is not included in your plan `{}`.",
+            plan.id
+        ),
+    )
+    .fact("tool", tool)
 }

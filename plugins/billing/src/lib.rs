@@ -12,8 +12,12 @@
 //! * Money is integers: whole credits or micro-units of a currency
 //!   ([`money`]). Never floating point.
 //!
-//! Models: `credits` (reserve before forwarding, settle or refund after)
-//! and `per_call` (charge each successful call at its tier's price).
+//! Models: `per_call` (charge each successful call at its tier's price),
+//! `subscription` (an active subscription with included calls, then
+//! overage or a hard cap), `usage` (each call's units metered for the
+//! payment provider), `freemium` (a free quota per window, then a refusal
+//! or a paid plan) and `credits` (reserve before forwarding, settle or
+//! refund after; optional periodic grants).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -35,6 +39,8 @@
 mod charge_key;
 mod credits;
 mod failure;
+mod freemium;
+mod grants;
 mod lanes;
 mod layer;
 mod meta;
@@ -42,10 +48,13 @@ pub mod money;
 mod per_call;
 pub mod period;
 pub mod plan;
+mod quota;
 mod refusal;
 mod retry;
 mod settle;
+mod subscription;
 mod tools_list;
+mod usage;
 
 pub use layer::{BillingLayer, BillingService};
 pub use meta::META_KEY;

@@ -19,6 +19,9 @@ pub enum Unit {
     Credits,
     /// Micro-units of a currency (ISO 4217 code, lower case).
     Currency(String),
+    /// Calls counted, not priced (free and metered plans without a
+    /// currency).
+    Calls,
 }
 
 impl Unit {
@@ -27,6 +30,7 @@ impl Unit {
         match self {
             Unit::Credits => "credits",
             Unit::Currency(code) => code,
+            Unit::Calls => "calls",
         }
     }
 
@@ -35,7 +39,7 @@ impl Unit {
     /// (`0.0005`, `12.5`, `3`).
     pub fn format(&self, amount: i64) -> String {
         match self {
-            Unit::Credits => amount.to_string(),
+            Unit::Credits | Unit::Calls => amount.to_string(),
             Unit::Currency(_) => format_micros(amount),
         }
     }
@@ -86,7 +90,7 @@ impl PriceText {
     /// whole credits (a credit price may not have decimals).
     pub fn to_amount(&self, unit: &Unit) -> Result<i64, PriceError> {
         let decimals = match unit {
-            Unit::Credits => 0,
+            Unit::Credits | Unit::Calls => 0,
             Unit::Currency(_) => CURRENCY_DECIMALS,
         };
         match self {

@@ -93,7 +93,7 @@ where
 }
 
 /// Records a charge from a task, retrying with backoff.
-fn accrue_in_background(ledger: SharedLedger, accrual: Accrual) {
+pub(crate) fn accrue_in_background(ledger: SharedLedger, accrual: Accrual) {
     let key = accrual.charge_key.to_string();
     retry::in_background("recording a call's charge", key, move || {
         let ledger = ledger.clone();

@@ -34,6 +34,15 @@ impl Denial {
         }
     }
 
+    /// The ledger did not answer: the call is neither forwarded nor
+    /// charged.
+    pub(crate) fn billing_unavailable() -> Self {
+        Self::new(
+            "billing_unavailable",
+            "Billing is unavailable right now, so the call was neither forwarded nor charged; try again shortly.",
+        )
+    }
+
     pub(crate) fn fact(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.facts.insert(key.to_owned(), value.into());
         self

@@ -8,7 +8,7 @@ use mcp_meter_plugin::McpResponse;
 use serde_json::{Map, Value, json};
 
 use crate::meta::{META_KEY, edit_result};
-use crate::plan::{Catalog, Model, Plan};
+use crate::plan::{Catalog, Model, Plan, ToolPrice};
 
 /// Annotates a `tools/list` response for `plan`.
 pub(crate) fn annotate(response: McpResponse, plan: &Plan, catalog: &Catalog) -> McpResponse {
@@ -28,36 +28,18 @@ fn annotate_tool(mut tool: Value, plan: &Plan, catalog: &Catalog) -> Option<Valu
         return Some(tool);
     };
     let object = tool.as_object_mut()?;
-    let (price, note) = match plan.list_price(&name) {
-        None if catalog.hide_unavailable_tools => return None,
-        None => (
+    // Only credits and per-call plans price each call; a zero there is
+    // free, while the other models describe their quota or meter.
+    let priced_per_call = matches!(plan.model, Model::Credits { .. } | Model::PerCall { .. });
+    let (price, note) = match (plan.price_of(Some(&name)), plan.list_price(&name)) {
+        (ToolPrice::NotIncluded, _) | (_, None) if catalog.hide_unavailable_tools => return None,
+        (ToolPrice::NotIncluded, _) | (_, None) => (
             json!({"plan": plan.id, "included": false}),
             format!("Not included in your plan {}.", plan.name),
         ),
-        Some(amount) => {
-            let formatted = plan.unit.format(amount);
-            let unit = plan.unit.as_str();
-            let mut price = json!({"plan": plan.id, "included": true, "unit": unit});
-            let note = if amount == 0 {
-                price["price"] = json!(0);
-                "Free.".to_owned()
-            } else if let Model::Credits { .. } = plan.model {
-                price["price"] = json!(amount);
-                format!("Costs {formatted} credits per call.")
-            } else {
-                price["price"] = json!(formatted);
-                let tiered = plan.is_tiered(&name);
-                if tiered {
-                    price["tiered"] = json!(true);
-                }
-                format!(
-                    "Costs {formatted} {} per call{}.",
-                    unit.to_ascii_uppercase(),
-                    if tiered { " (first tier)" } else { "" }
-                )
-            };
-            (price, note)
-        }
+        (ToolPrice::Free, _) => free(plan),
+        (_, Some(0)) if priced_per_call => free(plan),
+        (_, Some(amount)) => priced(plan, &name, amount, catalog),
     };
     let meta = object
         .entry("_meta")
@@ -73,6 +55,85 @@ fn annotate_tool(mut tool: Value, plan: &Plan, catalog: &Catalog) -> Option<Valu
         object.insert("description".to_owned(), Value::from(description));
     }
     Some(tool)
+}
+
+/// The `_meta` entry and the note of a free tool.
+fn free(plan: &Plan) -> (Value, String) {
+    (
+        json!({"plan": plan.id, "included": true, "unit": plan.unit.as_str(), "price": 0}),
+        "Free.".to_owned(),
+    )
+}
+
+/// The `_meta` entry and the note of a tool that is not free, by model.
+fn priced(plan: &Plan, tool: &str, amount: i64, catalog: &Catalog) -> (Value, String) {
+    let formatted = plan.unit.format(amount);
+    let unit = plan.unit.as_str();
+    let mut price = json!({"plan": plan.id, "included": true, "unit": unit});
+    let note = match &plan.model {
+        Model::Credits { .. } => {
+            price["price"] = json!(amount);
+            format!("Costs {formatted} credits per call.")
+        }
+        Model::PerCall { .. } => {
+            price["price"] = json!(formatted);
+            let tiered = plan.is_tiered(tool);
+            if tiered {
+                price["tiered"] = json!(true);
+            }
+            format!(
+                "Costs {formatted} {} per call{}.",
+                unit.to_ascii_uppercase(),
+                if tiered { " (first tier)" } else { "" }
+            )
+        }
+        Model::Subscription(rules) => {
+            price["included_calls"] = json!(rules.included_calls);
+            price["period"] = json!(rules.period.name());
+            let included = format!(
+                "Included in your subscription ({} calls per {})",
+                rules.included_calls,
+                rules.period.name()
+            );
+            if rules.overage {
+                price["overage_price"] = json!(formatted);
+                format!(
+                    "{included}, then {formatted} {} per call.",
+                    unit.to_ascii_uppercase()
+                )
+            } else {
+                format!("{included}.")
+            }
+        }
+        Model::Usage(rules) => {
+            price["metered"] = json!(rules.meter.name());
+            price["unit"] = json!(rules.meter.unit());
+            format!("Billed by usage ({}).", rules.meter.unit())
+        }
+        Model::Freemium(rules) => {
+            let (_, cap) = rules.quota_for(Some(tool));
+            price["free_calls"] = json!(cap);
+            price["window"] = json!(rules.window.name());
+            let then = rules
+                .then_plan
+                .as_deref()
+                .and_then(|id| catalog.plan(id))
+                .and_then(|then| {
+                    let amount = then.list_price(tool)?;
+                    price["then_plan"] = json!(then.id);
+                    price["then_price"] = json!(then.unit.format(amount));
+                    price["then_unit"] = json!(then.unit.as_str());
+                    Some(format!(
+                        ", then {} {} per call",
+                        then.unit.format(amount),
+                        then.unit.as_str().to_ascii_uppercase()
+                    ))
+                })
+                .unwrap_or_default();
+            format!("Free for {cap} calls per {}{then}.", rules.window.name())
+        }
+    };
+    (price, note)
 }
 
 #[cfg(test)]

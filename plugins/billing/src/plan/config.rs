@@ -54,7 +54,8 @@ pub struct PlanConfig {
     pub id: String,
     /// A display name.
     pub name: Option<String>,
-    /// The billing model: `credits` or `per_call`.
+    /// The billing model: `per_call`, `subscription`, `usage`, `freemium`
+    /// or `credits`.
     pub model: String,
     /// For priced models, the ISO 4217 currency code (`usd`, `eur`).
     pub currency: Option<String>,
@@ -71,6 +72,12 @@ pub struct PlanConfig {
     pub credits: Option<CreditsConfig>,
     /// `model = "per_call"`: charges per call, with tiers.
     pub per_call: Option<PerCallConfig>,
+    /// `model = "subscription"`: included calls, then overage or a cap.
+    pub subscription: Option<SubscriptionConfig>,
+    /// `model = "usage"`: units reported to the payment provider's meter.
+    pub usage: Option<UsageConfig>,
+    /// `model = "freemium"`: a free quota per window.
+    pub freemium: Option<FreemiumConfig>,
 }
 
 /// `[plans.prices]`: what each tool costs on the plan.
@@ -106,6 +113,72 @@ pub struct CreditsConfig {
     /// warning, e.g. `[100, 10]`.
     #[serde(default)]
     pub low_balance_warnings: Vec<i64>,
+    /// Credits the plan gives each customer every period (applied at the
+    /// customer's first billed call of the period).
+    pub grant: Option<i64>,
+    /// The period of `grant`: `month` (the default), `day` or `hour`, UTC.
+    pub grant_period: Option<String>,
+    /// What happens to unused credits when the next grant comes: `reset`
+    /// (they expire; the default) or `rollover` (they carry over).
+    pub grant_mode: Option<String>,
+    /// With `rollover`, the most credits carried into a new period.
+    pub rollover_cap: Option<i64>,
+}
+
+/// `[plans.subscription]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    /// The recurring fee per period (collected by the payment provider;
+    /// shown in `plans show` and the API).
+    pub fee: Option<PriceText>,
+    /// Calls included in each period.
+    pub included_calls: Option<i64>,
+    /// Beyond the included calls: `refuse` (a hard cap; the default) or
+    /// `overage` (each further call charged at its price in
+    /// `[plans.prices]`).
+    pub beyond_included: Option<String>,
+    /// The billing period: `month` (calendar, UTC; the default), `day`, or
+    /// `subscription` (monthly from the day the subscription started, or
+    /// the payment provider's current period).
+    pub period: Option<String>,
+    /// How long a `past_due` subscription is still served, in hours
+    /// (default 72; 0 refuses at once).
+    pub grace_period_hours: Option<i64>,
+}
+
+/// `[plans.usage]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageConfig {
+    /// The payment provider's meter (its event name).
+    pub event_name: Option<String>,
+    /// What a call counts: `calls` (the default), `request_bytes`,
+    /// `response_bytes`, `duration_ms`, or `meta` (a number the server
+    /// puts in the result's `_meta`, under `meta_key`).
+    pub meter: Option<String>,
+    /// With `meter = "meta"`: the result's `_meta` key.
+    pub meta_key: Option<String>,
+}
+
+/// `[plans.freemium]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreemiumConfig {
+    /// Free calls per window (to tools without a quota of their own).
+    pub free_calls: Option<i64>,
+    /// The window: `hour`, `day` (the default) or `month`, UTC.
+    pub window: Option<String>,
+    /// Tools (names or patterns ending in `*`) with a free quota of their
+    /// own; their calls do not count against `free_calls`.
+    #[serde(default)]
+    pub tool_quotas: BTreeMap<String, i64>,
+    /// Beyond the free quota, charge calls on this plan (a `credits` or
+    /// `per_call` plan) instead of refusing them.
+    pub then_plan: Option<String>,
+    /// Percentages of a quota at which the result's `_meta` carries a
+    /// warning (default `[80, 90, 100]`).
+    pub warn_at_percent: Option<Vec<i64>>,
 }
 
 /// `[plans.per_call]`.

@@ -6,17 +6,21 @@
 //! so `mcp-meter check` can list them all.
 
 pub mod config;
+mod models;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use mcp_meter_plugin::identity::glob;
-use mcp_meter_plugin::ledger::{PriceSchedule, Tier};
+use mcp_meter_plugin::ledger::PriceSchedule;
 
 pub use config::{BillingConfig, PlanConfig, RefusalStyle};
+pub use models::{
+    CreditGrant, DEFAULT_GRACE_HOURS, DEFAULT_WARN_AT_PERCENT, FreemiumRules, Meter, Model,
+    SubscriptionRules, UsageRules,
+};
 
 use crate::money::{PriceText, Unit};
-use crate::period::Period;
 
 /// The JSON-RPC error code of billing refusals unless configured.
 pub const DEFAULT_REFUSAL_CODE: i64 = -32030;
@@ -25,7 +29,9 @@ pub const DEFAULT_REFUSAL_CODE: i64 = -32030;
 const METERABLE_METHODS: [&str; 3] = ["tools/call", "resources/read", "prompts/get"];
 
 /// The models whose amounts are in a currency.
-const PRICED_MODELS: [&str; 4] = ["per_call", "subscription", "usage", "freemium"];
+const PRICED_MODELS: [&str; 2] = ["per_call", "subscription"];
+/// The models that count calls and may name a currency for display.
+const COUNTING_MODELS: [&str; 2] = ["usage", "freemium"];
 
 /// The failures a credits plan may refund.
 pub const FAILURE_KINDS: [&str; 5] = [
@@ -35,38 +41,6 @@ pub const FAILURE_KINDS: [&str; 5] = [
     "cancelled",
     "upstream_failure",
 ];
-
-/// How a plan charges.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Model {
-    /// Prepaid credits, reserved before the call and settled after it.
-    Credits {
-        /// Failure kinds (from [`FAILURE_KINDS`]) that are refunded.
-        refund_on: Arc<HashSet<String>>,
-        /// Balances that trigger a warning, highest first.
-        low_balance_warnings: Vec<i64>,
-    },
-    /// Charges accrued per successful call.
-    PerCall {
-        /// How calls at the default price are priced by their number in
-        /// the period.
-        schedule: PriceSchedule,
-        /// The billing period.
-        period: Period,
-        /// The least owed for a period with calls (micro-units).
-        minimum: Option<i64>,
-    },
-}
-
-impl Model {
-    /// The model's name in the configuration.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Model::Credits { .. } => "credits",
-            Model::PerCall { .. } => "per_call",
-        }
-    }
-}
 
 /// What a call to one tool costs on a plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +117,8 @@ impl Plan {
     }
 
     /// The price a customer sees for `tool` in `tools/list`: for per-call
-    /// plans with tiers, the first tier's price.
+    /// plans with tiers, the first tier's price; for subscriptions, the
+    /// overage price (`None`: the plan cannot call it).
     pub fn list_price(&self, tool: &str) -> Option<i64> {
         match self.price_of(Some(tool)) {
             ToolPrice::NotIncluded => None,
@@ -151,7 +126,7 @@ impl Plan {
             ToolPrice::Fixed(price) => Some(price),
             ToolPrice::Default(price) => Some(match &self.model {
                 Model::PerCall { schedule, .. } => schedule.charge_for_call(1),
-                Model::Credits { .. } => price,
+                _ => price,
             }),
         }
     }
@@ -212,6 +187,7 @@ impl Catalog {
                 catalog.plans.insert(plan.id.clone(), Arc::new(compiled));
             }
         }
+        check_then_plans(&catalog, &mut problems);
         if let Some(default) = &billing.default_plan
             && !plans.iter().any(|p| &p.id == default)
         {
@@ -271,8 +247,11 @@ fn compile_plan(
             ));
             Unit::Credits
         }
+        (model, None) if COUNTING_MODELS.contains(&model) => Unit::Calls,
         // An unknown model is reported once, under `model`.
-        (model, _) if !PRICED_MODELS.contains(&model) => Unit::Credits,
+        (model, _) if !PRICED_MODELS.contains(&model) && !COUNTING_MODELS.contains(&model) => {
+            Unit::Credits
+        }
         (_, Some(code)) if is_currency_code(code) => Unit::Currency(code.to_ascii_lowercase()),
         (_, Some(code)) => {
             problems.push(format!(
@@ -322,46 +301,50 @@ fn compile_plan(
             check_pattern(pattern, &format!("{path}.prices.{key}"), problems);
         }
     }
+    let has_price = default_price.is_some() || !tool_prices.is_empty();
+    for (set, table, model) in [
+        (plan.credits.is_some(), "credits", "credits"),
+        (plan.per_call.is_some(), "per_call", "per_call"),
+        (plan.subscription.is_some(), "subscription", "subscription"),
+        (plan.usage.is_some(), "usage", "usage"),
+        (plan.freemium.is_some(), "freemium", "freemium"),
+    ] {
+        if set && plan.model != model {
+            problems.push(format!(
+                "{path}.{table}: only a {model} plan takes [plans.{table}]"
+            ));
+        }
+    }
     let model = match plan.model.as_str() {
         "credits" => {
-            if plan.per_call.is_some() {
-                problems.push(format!(
-                    "{path}.per_call: only a per_call plan takes [plans.per_call]"
-                ));
-            }
-            if default_price.is_none() && tool_prices.is_empty() {
+            if !has_price {
                 problems.push(format!(
                     "{path}.prices.default: a credits plan needs a price (the credits a call costs)"
                 ));
             }
-            compile_credits(plan.credits.clone().unwrap_or_default(), path, problems)
+            models::compile_credits(plan.credits.clone().unwrap_or_default(), path, problems)
         }
-        "per_call" => {
-            if plan.credits.is_some() {
-                problems.push(format!(
-                    "{path}.credits: only a credits plan takes [plans.credits]"
-                ));
-            }
-            compile_per_call(
-                plan.per_call.clone().unwrap_or_default(),
-                default_price,
-                !tool_prices.is_empty(),
-                &unit,
-                path,
-                problems,
-            )
-        }
-        "subscription" | "usage" | "freemium" => {
-            problems.push(format!(
-                "{path}.model: the `{}` model is not available in this version of mcp-meter; \
-                 use `credits` or `per_call`",
-                plan.model
-            ));
-            None
-        }
+        "per_call" => models::compile_per_call(
+            plan.per_call.clone().unwrap_or_default(),
+            default_price,
+            !tool_prices.is_empty(),
+            &unit,
+            path,
+            problems,
+        ),
+        "subscription" => models::compile_subscription(
+            plan.subscription.as_ref(),
+            has_price,
+            &unit,
+            path,
+            problems,
+        ),
+        "usage" => models::compile_usage(plan.usage.as_ref(), has_price, path, problems),
+        "freemium" => models::compile_freemium(plan.freemium.as_ref(), has_price, path, problems),
         other => {
             problems.push(format!(
-                "{path}.model: unknown billing model `{other}`; use `credits` or `per_call`"
+                "{path}.model: unknown billing model `{other}`; use `per_call`, \
+                 `subscription`, `usage`, `freemium` or `credits`"
             ));
             None
         }
@@ -395,149 +378,29 @@ fn compile_plan(
     })
 }
 
-fn compile_credits(
-    credits: config::CreditsConfig,
-    path: &str,
-    problems: &mut Vec<String>,
-) -> Option<Model> {
-    let refund_on: HashSet<String> = match credits.refund_on {
-        None => FAILURE_KINDS.iter().map(|k| (*k).to_owned()).collect(),
-        Some(kinds) => kinds.into_iter().collect(),
-    };
-    for kind in &refund_on {
-        if !FAILURE_KINDS.contains(&kind.as_str()) {
-            problems.push(format!(
-                "{path}.credits.refund_on: unknown failure `{kind}`; use any of {}",
-                FAILURE_KINDS.join(", ")
-            ));
-        }
-    }
-    let mut warnings = credits.low_balance_warnings;
-    for threshold in &warnings {
-        if *threshold < 0 {
-            problems.push(format!(
-                "{path}.credits.low_balance_warnings: {threshold} is negative"
-            ));
-        }
-    }
-    warnings.sort_unstable_by(|a, b| b.cmp(a));
-    warnings.dedup();
-    Some(Model::Credits {
-        refund_on: Arc::new(refund_on),
-        low_balance_warnings: warnings,
-    })
-}
-
-fn compile_per_call(
-    per_call: config::PerCallConfig,
-    default_price: Option<i64>,
-    has_tool_prices: bool,
-    unit: &Unit,
-    path: &str,
-    problems: &mut Vec<String>,
-) -> Option<Model> {
-    let period = match per_call.period.as_deref() {
-        None | Some("month") => Period::Month,
-        Some("day") => Period::Day,
-        Some(other) => {
-            problems.push(format!(
-                "{path}.per_call.period: unknown period `{other}`; use `month` or `day`"
-            ));
-            Period::Month
-        }
-    };
-    let minimum = per_call.minimum.as_ref().and_then(|m| {
-        m.to_amount(unit)
-            .map_err(|error| problems.push(format!("{path}.per_call.minimum: {error}")))
-            .ok()
-    });
-    let schedule = if per_call.tiers.is_empty() {
-        if per_call.tiering.is_some() {
-            problems.push(format!(
-                "{path}.per_call.tiering: set only together with [[plans.per_call.tiers]]"
-            ));
-        }
-        match default_price {
-            Some(price) => PriceSchedule::Flat { price },
-            None if has_tool_prices => PriceSchedule::Flat { price: 0 },
-            None => {
-                problems.push(format!(
-                    "{path}.prices.default: a per_call plan needs a price \
-                     (prices.default, prices.tools or [[plans.per_call.tiers]])"
-                ));
-                return None;
-            }
-        }
-    } else {
-        if default_price.is_some() {
-            problems.push(format!(
-                "{path}.prices.default: remove it; [[plans.per_call.tiers]] price the calls \
-                 that have no price of their own"
-            ));
-        }
-        let tiers = compile_tiers(&per_call.tiers, unit, path, problems)?;
-        match per_call.tiering.as_deref() {
-            Some("volume") => PriceSchedule::Volume { tiers },
-            Some("graduated") => PriceSchedule::Graduated { tiers },
-            Some(other) => {
-                problems.push(format!(
-                    "{path}.per_call.tiering: unknown tiering `{other}`; use `volume` or `graduated`"
-                ));
-                return None;
-            }
-            None => {
-                problems.push(format!(
-                    "{path}.per_call.tiering: say how tiers price calls: `volume` or `graduated`"
-                ));
-                return None;
-            }
-        }
-    };
-    Some(Model::PerCall {
-        schedule,
-        period,
-        minimum,
-    })
-}
-
-fn compile_tiers(
-    tiers: &[config::TierConfig],
-    unit: &Unit,
-    path: &str,
-    problems: &mut Vec<String>,
-) -> Option<Vec<Tier>> {
-    let before = problems.len();
-    let mut compiled = Vec::with_capacity(tiers.len());
-    let mut previous_up_to = 0i64;
-    for (index, tier) in tiers.iter().enumerate() {
-        let key = format!("{path}.per_call.tiers[{index}]");
-        let last = index + 1 == tiers.len();
-        match (tier.up_to, last) {
-            (None, false) => {
-                problems.push(format!("{key}.up_to: only the last tier may be open-ended"))
-            }
-            (Some(_), true) => problems.push(format!(
-                "{key}.up_to: the last tier must be open-ended (leave out up_to)"
+/// A freemium plan's `then_plan` must be a plan that charges each call.
+fn check_then_plans(catalog: &Catalog, problems: &mut Vec<String>) {
+    for plan in catalog.plans() {
+        let Model::Freemium(rules) = &plan.model else {
+            continue;
+        };
+        let Some(then) = &rules.then_plan else {
+            continue;
+        };
+        let key = format!("plans.{}.freemium.then_plan", plan.id);
+        match catalog.plan(then).map(|p| &p.model) {
+            Some(Model::Credits { .. } | Model::PerCall { .. }) => {}
+            Some(other) => problems.push(format!(
+                "{key}: `{then}` is a {} plan; calls beyond the free quota can only fall \
+                 through to a `credits` or `per_call` plan",
+                other.name()
             )),
-            (Some(up_to), false) if up_to <= previous_up_to => problems.push(format!(
-                "{key}.up_to: {up_to} overlaps the tier before (tiers must rise; the previous \
-                 one ends at {previous_up_to})"
-            )),
-            (Some(up_to), false) => previous_up_to = up_to,
-            (None, true) => {}
-        }
-        match tier.price.to_amount(unit) {
-            Ok(price) => compiled.push(Tier {
-                up_to: tier.up_to,
-                price,
-            }),
-            Err(error) => problems.push(format!("{key}.price: {error}")),
+            None => problems.push(format!("{key}: there is no plan `{then}` in [[plans]]")),
         }
     }
-    (problems.len() == before).then_some(compiled)
 }
 
-fn check_pattern(pattern: &str, key: &str, problems: &mut Vec<String>) {
+pub(crate) fn check_pattern(pattern: &str, key: &str, problems: &mut Vec<String>) {
     let body = pattern.strip_suffix('*').unwrap_or(pattern);
     if pattern.is_empty() || body.contains('*') {
         problems.push(format!(

@@ -1,4 +1,6 @@
 use super::*;
+use crate::period::{BillingPeriod, Period};
+use mcp_meter_plugin::ledger::GrantMode;
 
 #[derive(Deserialize)]
 struct File {
@@ -67,6 +69,7 @@ fn plans_compile_with_exact_prices() {
         Model::Credits {
             refund_on,
             low_balance_warnings,
+            grant: None,
         } => {
             assert!(refund_on.contains("error") && !refund_on.contains("tool_error"));
             assert_eq!(low_balance_warnings, &vec![100, 10]);
@@ -191,12 +194,241 @@ tiers = [ { price = "0.1" }, { up_to = 10, price = "0.2" } ]
     );
 }
 
+const MODELS: &str = r#"
+[[plans]]
+id = "team"
+model = "subscription"
+currency = "usd"
+prices = { default = "0.002", tools = { "search" = "0.01" }, free = ["ping"] }
+[plans.subscription]
+fee = "49"
+included_calls = 10000
+beyond_included = "overage"
+period = "subscription"
+grace_period_hours = 24
+
+[[plans]]
+id = "capped"
+model = "subscription"
+currency = "eur"
+[plans.subscription]
+included_calls = 500
+
+[[plans]]
+id = "metered"
+model = "usage"
+[plans.usage]
+event_name = "mcp_bytes"
+meter = "meta"
+meta_key = "tokens"
+
+[[plans]]
+id = "free"
+model = "freemium"
+[plans.freemium]
+free_calls = 100
+window = "hour"
+tool_quotas = { "search_*" = 10, "search_web" = 3 }
+then_plan = "payg"
+
+[[plans]]
+id = "payg"
+model = "per_call"
+currency = "usd"
+prices = { default = "0.001" }
+
+[[plans]]
+id = "monthly"
+model = "credits"
+prices = { default = 1 }
+[plans.credits]
+grant = 1000
+grant_mode = "rollover"
+rollover_cap = 500
+"#;
+
 #[test]
-fn models_not_in_this_version_are_refused_clearly() {
-    let problems = compile("[[plans]]\nid = \"s\"\nmodel = \"subscription\"\ncurrency = \"usd\"\n")
-        .unwrap_err();
-    assert_eq!(problems.len(), 1, "{problems:?}");
-    assert!(problems[0].starts_with("plans.s.model: the `subscription` model is not available"));
+fn every_model_compiles_with_its_numbers() {
+    let catalog = compile(MODELS).unwrap();
+    let Model::Subscription(team) = &catalog.plan("team").unwrap().model else {
+        panic!("team is a subscription");
+    };
+    assert_eq!(team.fee, Some(49_000_000));
+    assert_eq!(team.included_calls, 10_000);
+    assert!(team.overage);
+    assert_eq!(team.period, BillingPeriod::Subscription);
+    assert_eq!(team.grace_ms, 24 * 3_600_000);
+    assert_eq!(
+        catalog.plan("team").unwrap().list_price("search"),
+        Some(10_000)
+    );
+    let Model::Subscription(capped) = &catalog.plan("capped").unwrap().model else {
+        panic!("capped is a subscription");
+    };
+    assert!(!capped.overage);
+    assert_eq!(capped.period, BillingPeriod::Calendar(Period::Month));
+    assert_eq!(capped.grace_ms, DEFAULT_GRACE_HOURS * 3_600_000);
+    let metered = catalog.plan("metered").unwrap();
+    assert_eq!(metered.unit, Unit::Calls);
+    assert_eq!(
+        metered.model,
+        Model::Usage(UsageRules {
+            event_name: "mcp_bytes".into(),
+            meter: Meter::Meta("tokens".into()),
+        })
+    );
+    let Model::Freemium(free) = &catalog.plan("free").unwrap().model else {
+        panic!("free is freemium");
+    };
+    assert_eq!(free.window, Period::Hour);
+    assert_eq!(free.warn_at_percent, vec![80, 90, 100]);
+    // The exact name wins over the pattern; other tools share `free_calls`.
+    assert_eq!(
+        free.quota_for(Some("search_web")),
+        ("free:search_web".into(), 3)
+    );
+    assert_eq!(
+        free.quota_for(Some("search_news")),
+        ("free:search_*".into(), 10)
+    );
+    assert_eq!(free.quota_for(Some("echo")), ("free".into(), 100));
+    assert_eq!(free.quota_for(None), ("free".into(), 100));
+    let Model::Credits { grant, .. } = &catalog.plan("monthly").unwrap().model else {
+        panic!("monthly is credits");
+    };
+    assert_eq!(
+        *grant,
+        Some(CreditGrant {
+            amount: 1000,
+            period: Period::Month,
+            mode: GrantMode::Rollover { cap: Some(500) },
+        })
+    );
+}
+
+#[test]
+fn each_models_mistakes_are_listed_with_their_keys() {
+    let problems = compile(
+        r#"
+[[plans]]
+id = "s"
+model = "subscription"
+currency = "usd"
+prices = { default = "0.01" }
+[plans.subscription]
+included_calls = -1
+period = "week"
+grace_period_hours = -2
+
+[[plans]]
+id = "o"
+model = "subscription"
+currency = "usd"
+[plans.subscription]
+beyond_included = "overage"
+
+[[plans]]
+id = "u"
+model = "usage"
+prices = { default = "1" }
+[plans.usage]
+event_name = "has space"
+meter = "tokens"
+
+[[plans]]
+id = "f"
+model = "freemium"
+[plans.freemium]
+window = "week"
+tool_quotas = { "a*b" = -1 }
+then_plan = "u"
+warn_at_percent = [0, 150]
+
+[[plans]]
+id = "g"
+model = "freemium"
+per_call = {}
+[plans.freemium]
+free_calls = 5
+then_plan = "nowhere"
+
+[[plans]]
+id = "c"
+model = "credits"
+prices = { default = 1 }
+[plans.credits]
+grant = 0
+grant_mode = "keep"
+grant_period = "year"
+
+[[plans]]
+id = "c2"
+model = "credits"
+prices = { default = 1 }
+[plans.credits]
+rollover_cap = 5
+"#,
+    )
+    .unwrap_err();
+    for expected in [
+        "plans.s.subscription.included_calls: -1 is negative",
+        "plans.s.subscription.period: unknown period `week`; use `month`, `day` or `subscription`",
+        "plans.s.subscription.grace_period_hours: -2 is negative",
+        "plans.s.prices: prices are charged only for overage",
+        "plans.o.subscription.included_calls: say how many calls",
+        "plans.o.prices.default: `beyond_included = \"overage\"` needs the price",
+        "plans.u.prices: a usage plan is priced by the payment provider's meter",
+        "plans.u.usage.event_name: `has space` must be",
+        "plans.u.usage.meter: unknown meter `tokens`",
+        "plans.f.freemium.free_calls: say how many free calls",
+        "plans.f.freemium.window: unknown period `week`; use `hour` or `day` or `month`",
+        "plans.f.freemium.tool_quotas: `a*b` is not a tool name or a pattern",
+        "plans.f.freemium.tool_quotas.\"a*b\": -1 is negative",
+        "plans.f.freemium.warn_at_percent: 0 is not a percentage",
+        "plans.f.freemium.warn_at_percent: 150 is not a percentage",
+        "plans.g.per_call: only a per_call plan takes [plans.per_call]",
+        "plans.c.credits.grant: 0 must be at least 1",
+        "plans.c.credits.grant_mode: unknown mode `keep`",
+        "plans.c.credits.grant_period: unknown period `year`",
+        "plans.c2.credits.rollover_cap: set only together with `grant`",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(expected)),
+            "missing {expected:?} in {problems:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_fall_through_plan_must_exist_and_price_calls() {
+    let problems = compile(
+        r#"
+[[plans]]
+id = "u"
+model = "usage"
+usage = { event_name = "calls" }
+
+[[plans]]
+id = "f"
+model = "freemium"
+freemium = { free_calls = 1, then_plan = "u" }
+
+[[plans]]
+id = "g"
+model = "freemium"
+freemium = { free_calls = 1, then_plan = "nowhere" }
+"#,
+    )
+    .unwrap_err();
+    assert_eq!(
+        problems,
+        vec![
+            "plans.f.freemium.then_plan: `u` is a usage plan; calls beyond the free quota can \
+             only fall through to a `credits` or `per_call` plan"
+                .to_owned(),
+            "plans.g.freemium.then_plan: there is no plan `nowhere` in [[plans]]".to_owned(),
+        ]
+    );
 }
 
 #[test]
