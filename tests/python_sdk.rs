@@ -668,3 +668,112 @@ async fn python_sdk_pays_with_credits_through_serve() {
     assert!(anonymous["fatal"].is_string(), "{anonymous}");
     assert!(anonymous.get("calls").is_none(), "{anonymous}");
 }
+
+// (h) Billing a 2026-07-28 `input_required` round trip: the Python SDK server asks for
+//     input, the client resumes with `requestState`; the logical call is charged once.
+#[tokio::test]
+async fn an_input_required_round_trip_is_charged_once() {
+    use common::billing::{META, add_customer, balance, create_key, grant, ledger};
+
+    let server = PythonServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("billing.db").display());
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = {:?}\n[database]\nurl = {db:?}\n\
+         [[plans]]\nid = \"prepaid\"\nmodel = \"credits\"\nprices = {{ default = 2 }}\n",
+        server.url
+    );
+    let proxy = Proxy::serve(dir.path(), &toml);
+    let acme = add_customer(&db, "Acme", "prepaid");
+    grant(&db, &acme, 10, "welcome");
+    let client = RawClient::with_bearer(&proxy.url, &create_key(&db, &acme));
+    let meta = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"elicitation":{}}}"#;
+    let call = |id: u32, extra: &str| {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"ask_name","arguments":{{"greeting":"Bonjour"}}{extra},{meta}}}}}"#
+        );
+        let client = &client;
+        async move {
+            client
+                .post_bytes(
+                    body,
+                    &[
+                        ("mcp-protocol-version", "2026-07-28"),
+                        ("mcp-method", "tools/call"),
+                        ("mcp-name", "ask_name"),
+                    ],
+                )
+                .await
+                .response()
+        }
+    };
+
+    // Round 1 asks for input: nothing is charged.
+    let first = call(1, "").await;
+    let result = &first["result"];
+    assert_eq!(result["resultType"], "input_required", "{first}");
+    assert_eq!(result["_meta"][META]["charged"], 0, "{first}");
+    assert_eq!(balance(&db, &acme), 10);
+    let state = result["requestState"].as_str().unwrap().to_owned();
+    let answers: serde_json::Map<String, Value> = result["inputRequests"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| {
+            (
+                k.clone(),
+                json!({"action": "accept", "content": {"name": "Zoë"}}),
+            )
+        })
+        .collect();
+    let resume = format!(
+        r#","inputResponses":{},"requestState":{}"#,
+        Value::Object(answers),
+        Value::from(state)
+    );
+
+    // Round 2 completes the call: charged once.
+    let second = call(2, &resume).await;
+    assert_eq!(
+        second["result"]["content"][0]["text"], "Bonjour, Zoë!",
+        "{second}"
+    );
+    let billing = &second["result"]["_meta"][META];
+    assert_eq!(
+        (billing["charged"].clone(), billing["balance"].clone()),
+        (json!(2), json!(8)),
+        "{second}"
+    );
+    // The client retries round 2 (another id, no session): the same call.
+    let retried = call(3, &resume).await;
+    assert_eq!(
+        retried["result"]["content"][0]["text"], "Bonjour, Zoë!",
+        "{retried}"
+    );
+    assert_eq!(
+        retried["result"]["_meta"][META]["repeat"], true,
+        "{retried}"
+    );
+    assert_eq!(balance(&db, &acme), 8);
+    let moves: Vec<(String, i64)> = ledger(&db, &acme)
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_owned(),
+                e["amount"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        moves,
+        [
+            ("grant".into(), 10),
+            ("reservation".into(), -2),
+            ("refund".into(), 2),
+            ("reservation".into(), -2),
+            ("settlement".into(), 0),
+        ]
+    );
+    let refund = &ledger(&db, &acme)[2];
+    assert_eq!(refund["reason"], "input_required", "{refund}");
+}

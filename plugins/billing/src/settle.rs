@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use mcp_meter_plugin::ledger::{SettleOutcome, Settlement, SharedLedger};
 
-use crate::failure::NOT_SERVED;
+use crate::failure::{INPUT_REQUIRED, NOT_SERVED};
 use crate::retry;
 
 /// A reservation waiting for its call to end.
@@ -58,7 +58,8 @@ impl PendingSettlement {
 
     fn refund_reason(&self, failure: Option<&str>) -> Option<String> {
         let kind = failure?;
-        (kind == NOT_SERVED || self.refund_on.contains(kind)).then(|| kind.to_owned())
+        (kind == NOT_SERVED || kind == INPUT_REQUIRED || self.refund_on.contains(kind))
+            .then(|| kind.to_owned())
     }
 }
 
