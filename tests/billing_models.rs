@@ -61,6 +61,12 @@ model = "credits"
 prices = { default = 1 }
 
 [[plans]]
+id = "by-bytes"
+model = "credits"
+prices = { default = 1 }
+credits = { meter = "response_bytes", max_units = 10000, unit_size = 100 }
+
+[[plans]]
 id = "allowance"
 model = "credits"
 prices = { default = 1 }
@@ -613,4 +619,60 @@ async fn subscriptions_from_the_cli_refuse_bad_input() {
     // The customer moved to the plan.
     let customers = admin_json(url, &["customers", "show", &acme, "--json"]);
     assert_eq!(customers["customer"]["plan_id"], "team", "{customers}");
+}
+
+#[tokio::test]
+async fn credits_priced_by_response_bytes_reserve_the_most_and_settle_what_was_used() {
+    let db = TestDb::mysql().await;
+    let url = db.url();
+    let dir = tempfile::tempdir().unwrap();
+    let acme = add_customer(url, "Acme", "by-bytes");
+    grant(url, &acme, 103, "welcome");
+    let proxy = Proxy::serve(dir.path(), &config_with(url, "", PLANS));
+    let c = client(&proxy, &create_key(url, &acme)).await;
+    // 1 credit per started 100 bytes of the server's answer: an echo of
+    // 250 characters answers with about 350 bytes.
+    let r = c
+        .post(&call(json!(1), "echo", json!({"message": "x".repeat(250)})))
+        .await
+        .response();
+    let billing = meta(&r);
+    let units = billing["units"].as_i64().unwrap();
+    assert!((300..10_000).contains(&units), "{r}");
+    let expected = (units + 99) / 100;
+    assert_eq!(billing["charged"], expected, "{r}");
+    assert_eq!(billing["balance"], 103 - expected, "{r}");
+    // The reservation was the most a call may cost (10,000 bytes: 100
+    // credits); the settlement gave back the rest.
+    let moves: Vec<(String, i64)> = ledger(url, &acme)
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_owned(),
+                e["amount"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        moves,
+        [
+            ("grant".into(), 103),
+            ("reservation".into(), -100),
+            ("settlement".into(), 100 - expected),
+        ]
+    );
+    // With less than the most a call may cost left, the call is refused
+    // before it is forwarded, even if it would have used less.
+    let left = 103 - expected;
+    assert!(left < 100);
+    let refused = c
+        .post(&call(json!(2), "echo", json!({"message": "x"})))
+        .await
+        .response();
+    assert_eq!(
+        refused["error"]["data"]["reason"], "insufficient_credits",
+        "{refused}"
+    );
+    assert_eq!(refused["error"]["data"]["needed"], 100, "{refused}");
+    assert_eq!(balance(url, &acme), left);
 }

@@ -2,7 +2,10 @@
 //! (an atomic conditional debit) before it is forwarded, and settled after
 //! it: kept when it succeeded, returned when it failed in a way the plan
 //! refunds. The result's `_meta` says what the call cost and what is left,
-//! with a warning when the balance is low.
+//! with a warning when the balance is low. A plan may price units of a
+//! meter (bytes, duration, a number the server reports) instead of calls:
+//! the price of the most units a call may use is reserved, and the units
+//! it used are settled.
 
 use mcp_meter_plugin::ledger::{Reservation, ReserveOutcome, SettleOutcome, Settlement};
 use mcp_meter_plugin::{McpRequest, McpResponse, ProxyError};
@@ -14,6 +17,7 @@ use crate::failure::failure_of;
 use crate::grants;
 use crate::layer::{Billing, MeteredCall};
 use crate::meta::with_billing_meta;
+use crate::meter::Measure;
 use crate::plan::{Model, ToolPrice};
 use crate::refusal::{Denial, refuse};
 use crate::settle::PendingSettlement;
@@ -32,13 +36,20 @@ where
         refund_on,
         low_balance_warnings,
         grant,
+        metering,
     } = &call.plan.model
     else {
         return inner.oneshot(call.request).await;
     };
-    let cost = match call.price {
+    let price = match call.price {
         ToolPrice::Fixed(price) | ToolPrice::Default(price) => price,
         ToolPrice::Free | ToolPrice::NotIncluded => 0,
+    };
+    // With a meter, the most a call can cost is reserved; what it used is
+    // settled after it.
+    let cost = match metering {
+        Some(metering) => metering.cost(price, metering.max_units),
+        None => price,
     };
     let plan_id = call.plan.id.clone();
     if cost == 0 {
@@ -107,7 +118,14 @@ where
         },
         refund_on.clone(),
     );
+    let measure = Measure::start(&call.request);
     let result = inner.oneshot(call.request).await;
+    let mut units = None;
+    if let (Some(metering), Ok(response)) = (metering, &result) {
+        let used = measure.units(&metering.meter, response, &plan_id);
+        pending.set_actual(metering.cost(price, used));
+        units = Some(used);
+    }
     let settled = {
         let _lane = billing.lanes.enter(&customer_id).await;
         pending.finish(failure_of(&result)).await
@@ -123,6 +141,10 @@ where
         Some(SettleOutcome::AlreadySettled | SettleOutcome::NoReservation) => (cost, None),
     };
     let mut meta = json!({"plan": plan_id, "unit": "credits", "charged": charged});
+    if let (Some(units), Some(metering)) = (units, metering) {
+        meta["units"] = Value::from(units);
+        meta["meter"] = Value::from(metering.meter.name());
+    }
     if let Some(balance) = balance {
         meta["balance"] = Value::from(balance);
         if let Some(warning) = low_balance_warning(low_balance_warnings, balance) {

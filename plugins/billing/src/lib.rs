@@ -44,6 +44,7 @@ mod grants;
 mod lanes;
 mod layer;
 mod meta;
+mod meter;
 pub mod money;
 mod per_call;
 pub mod period;

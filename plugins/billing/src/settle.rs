@@ -36,6 +36,14 @@ impl PendingSettlement {
         }
     }
 
+    /// Settles at `actual` (at most the reserved amount) instead of the
+    /// whole reservation.
+    pub(crate) fn set_actual(&mut self, actual: i64) {
+        if let Some(settlement) = &mut self.settlement {
+            settlement.actual = actual;
+        }
+    }
+
     /// Settles (success, or a failure the plan does not refund) or refunds
     /// the call. `None` when the database did not answer; the settlement
     /// then goes on in the background.

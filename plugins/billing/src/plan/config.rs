@@ -123,6 +123,20 @@ pub struct CreditsConfig {
     pub grant_mode: Option<String>,
     /// With `rollover`, the most credits carried into a new period.
     pub rollover_cap: Option<i64>,
+    /// What a call counts, when prices are per unit rather than per call:
+    /// `calls` (the default), `request_bytes`, `response_bytes`,
+    /// `duration_ms`, or `meta` (a number under the result's `_meta`
+    /// key `meta_key`).
+    pub meter: Option<String>,
+    /// With `meter = "meta"`: the result's `_meta` key.
+    pub meta_key: Option<String>,
+    /// With a meter other than `calls`: the most units one call is charged
+    /// for; their price is reserved before the call and the actual units
+    /// are settled after it.
+    pub max_units: Option<i64>,
+    /// With a meter other than `calls`: a price is per this many units
+    /// (rounded up; default 1).
+    pub unit_size: Option<i64>,
 }
 
 /// `[plans.subscription]`.

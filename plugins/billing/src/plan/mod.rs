@@ -16,8 +16,8 @@ use mcp_meter_plugin::ledger::PriceSchedule;
 
 pub use config::{BillingConfig, PlanConfig, RefusalStyle};
 pub use models::{
-    CreditGrant, DEFAULT_GRACE_HOURS, DEFAULT_WARN_AT_PERCENT, FreemiumRules, Meter, Model,
-    SubscriptionRules, UsageRules,
+    CreditGrant, CreditMetering, DEFAULT_GRACE_HOURS, DEFAULT_WARN_AT_PERCENT, FreemiumRules,
+    Meter, Model, SubscriptionRules, UsageRules,
 };
 
 use crate::money::{PriceText, Unit};

@@ -30,6 +30,8 @@ pub enum Model {
         low_balance_warnings: Vec<i64>,
         /// Credits granted every period.
         grant: Option<CreditGrant>,
+        /// Prices per unit of a meter other than calls.
+        metering: Option<CreditMetering>,
     },
     /// Charges accrued per successful call.
     PerCall {
@@ -71,6 +73,28 @@ pub struct CreditGrant {
     pub period: Period,
     /// What happens to unused credits.
     pub mode: GrantMode,
+}
+
+/// A credits plan that prices units of a meter rather than calls: a call
+/// reserves the price of `max_units` and settles the units it used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditMetering {
+    /// What a call counts.
+    pub meter: Meter,
+    /// The most units one call is charged for.
+    pub max_units: i64,
+    /// A price is per this many units (rounded up).
+    pub unit_size: i64,
+}
+
+impl CreditMetering {
+    /// The credits `units` cost at `price` per [`Self::unit_size`] units,
+    /// counting at most [`Self::max_units`].
+    pub fn cost(&self, price: i64, units: i64) -> i64 {
+        let counted = units.clamp(0, self.max_units);
+        let blocks = counted / self.unit_size + i64::from(counted % self.unit_size != 0);
+        price.saturating_mul(blocks)
+    }
 }
 
 /// A subscription plan's numbers.
@@ -194,6 +218,7 @@ pub(super) fn compile_credits(
     problems: &mut Vec<String>,
 ) -> Option<Model> {
     let grant = compile_grant(&credits, path, problems);
+    let metering = compile_credit_metering(&credits, &format!("{path}.credits"), problems);
     let refund_on: HashSet<String> = match credits.refund_on {
         None => FAILURE_KINDS.iter().map(|k| (*k).to_owned()).collect(),
         Some(kinds) => kinds.into_iter().collect(),
@@ -220,7 +245,106 @@ pub(super) fn compile_credits(
         refund_on: Arc::new(refund_on),
         low_balance_warnings: warnings,
         grant,
+        metering,
     })
+}
+
+fn compile_credit_metering(
+    credits: &config::CreditsConfig,
+    key: &str,
+    problems: &mut Vec<String>,
+) -> Option<CreditMetering> {
+    let meter = compile_meter(
+        credits.meter.as_deref(),
+        credits.meta_key.as_ref(),
+        key,
+        problems,
+    );
+    if meter == Meter::Calls {
+        for (set, name) in [
+            (credits.max_units.is_some(), "max_units"),
+            (credits.unit_size.is_some(), "unit_size"),
+        ] {
+            if set {
+                problems.push(format!(
+                    "{key}.{name}: set only with a `meter` other than `calls`"
+                ));
+            }
+        }
+        return None;
+    }
+    let max_units = match credits.max_units {
+        Some(n) if n >= 1 => n,
+        Some(n) => {
+            problems.push(format!("{key}.max_units: {n} must be at least 1"));
+            1
+        }
+        None => {
+            problems.push(format!(
+                "{key}.max_units: say the most units a call is charged for (its price is \
+                 reserved before the call)"
+            ));
+            1
+        }
+    };
+    let unit_size = match credits.unit_size {
+        None => 1,
+        Some(n) if n >= 1 => n,
+        Some(n) => {
+            problems.push(format!("{key}.unit_size: {n} must be at least 1"));
+            1
+        }
+    };
+    Some(CreditMetering {
+        meter,
+        max_units,
+        unit_size,
+    })
+}
+
+/// Reads `meter` and `meta_key` of the table at `key`.
+fn compile_meter(
+    meter: Option<&str>,
+    meta_key: Option<&String>,
+    key: &str,
+    problems: &mut Vec<String>,
+) -> Meter {
+    match (meter, meta_key) {
+        (None | Some("calls"), None) => Meter::Calls,
+        (Some("request_bytes"), None) => Meter::RequestBytes,
+        (Some("response_bytes"), None) => Meter::ResponseBytes,
+        (Some("duration_ms"), None) => Meter::DurationMs,
+        (Some("meta"), Some(meta_key)) if !meta_key.trim().is_empty() => {
+            Meter::Meta(meta_key.clone())
+        }
+        (Some("meta"), _) => {
+            problems.push(format!(
+                "{key}.meta_key: `meter = \"meta\"` needs the result's `_meta` key to read"
+            ));
+            Meter::Calls
+        }
+        (Some(known), Some(_))
+            if ["calls", "request_bytes", "response_bytes", "duration_ms"].contains(&known) =>
+        {
+            problems.push(format!(
+                "{key}.meta_key: set only together with `meter = \"meta\"`"
+            ));
+            Meter::Calls
+        }
+        (None, Some(_)) => {
+            problems.push(format!(
+                "{key}.meta_key: set only together with `meter = \"meta\"`"
+            ));
+            Meter::Calls
+        }
+        (Some(other), _) => {
+            problems.push(format!(
+                "{key}.meter: unknown meter `{other}`; use `calls`, `request_bytes`, \
+                 `response_bytes`, `duration_ms` or `meta`"
+            ));
+            Meter::Calls
+        }
+    }
 }
 
 fn compile_grant(
@@ -410,41 +534,12 @@ pub(super) fn compile_usage(
             String::new()
         }
     };
-    let meter = match (usage.meter.as_deref(), &usage.meta_key) {
-        (None | Some("calls"), None) => Meter::Calls,
-        (Some("request_bytes"), None) => Meter::RequestBytes,
-        (Some("response_bytes"), None) => Meter::ResponseBytes,
-        (Some("duration_ms"), None) => Meter::DurationMs,
-        (Some("meta"), Some(meta_key)) if !meta_key.trim().is_empty() => {
-            Meter::Meta(meta_key.clone())
-        }
-        (Some("meta"), _) => {
-            problems.push(format!(
-                "{key}.meta_key: `meter = \"meta\"` needs the result's `_meta` key to read"
-            ));
-            Meter::Calls
-        }
-        (Some(known), Some(_))
-            if ["calls", "request_bytes", "response_bytes", "duration_ms"].contains(&known) =>
-        {
-            problems.push(format!(
-                "{key}.meta_key: set only together with `meter = \"meta\"`"
-            ));
-            Meter::Calls
-        }
-        (None, Some(_)) => {
-            problems.push(format!(
-                "{key}.meta_key: set only together with `meter = \"meta\"`"
-            ));
-            Meter::Calls
-        }
-        (Some(other), _) => {
-            problems.push(format!(
-                "{key}.meter: unknown meter `{other}`; use `calls`, `request_bytes`,                  `response_bytes`, `duration_ms` or `meta`"
-            ));
-            Meter::Calls
-        }
-    };
+    let meter = compile_meter(
+        usage.meter.as_deref(),
+        usage.meta_key.as_ref(),
+        &key,
+        problems,
+    );
     Some(Model::Usage(UsageRules { event_name, meter }))
 }
 

@@ -70,6 +70,7 @@ fn plans_compile_with_exact_prices() {
             refund_on,
             low_balance_warnings,
             grant: None,
+            metering: None,
         } => {
             assert!(refund_on.contains("error") && !refund_on.contains("tool_error"));
             assert_eq!(low_balance_warnings, &vec![100, 10]);
@@ -391,6 +392,78 @@ rollover_cap = 5
         "plans.c.credits.grant_mode: unknown mode `keep`",
         "plans.c.credits.grant_period: unknown period `year`",
         "plans.c2.credits.rollover_cap: set only together with `grant`",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(expected)),
+            "missing {expected:?} in {problems:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_credits_meter_reserves_its_most_and_rounds_up() {
+    let catalog = compile(
+        r#"
+[[plans]]
+id = "bytes"
+model = "credits"
+prices = { default = 2 }
+credits = { meter = "response_bytes", max_units = 1000, unit_size = 100 }
+"#,
+    )
+    .unwrap();
+    let Model::Credits {
+        metering: Some(metering),
+        ..
+    } = &catalog.plan("bytes").unwrap().model
+    else {
+        panic!("bytes is a metered credits plan");
+    };
+    assert_eq!(metering.meter, Meter::ResponseBytes);
+    // 2 credits per started 100 bytes, at most 1,000 bytes.
+    assert_eq!(metering.cost(2, metering.max_units), 20);
+    assert_eq!(metering.cost(2, 0), 0);
+    assert_eq!(metering.cost(2, 1), 2);
+    assert_eq!(metering.cost(2, 100), 2);
+    assert_eq!(metering.cost(2, 101), 4);
+    assert_eq!(metering.cost(2, 50_000), 20);
+    assert_eq!(metering.cost(2, -5), 0);
+
+    let problems = compile(
+        r#"
+[[plans]]
+id = "a"
+model = "credits"
+prices = { default = 1 }
+credits = { meter = "meta" }
+
+[[plans]]
+id = "b"
+model = "credits"
+prices = { default = 1 }
+credits = { max_units = 5, unit_size = 0 }
+
+[[plans]]
+id = "c"
+model = "credits"
+prices = { default = 1 }
+credits = { meter = "duration_ms", max_units = 0, unit_size = -1 }
+
+[[plans]]
+id = "d"
+model = "credits"
+prices = { default = 1 }
+credits = { meter = "request_bytes" }
+"#,
+    )
+    .unwrap_err();
+    for expected in [
+        "plans.a.credits.meta_key: `meter = \"meta\"` needs the result's `_meta` key",
+        "plans.d.credits.max_units: say the most units",
+        "plans.b.credits.max_units: set only with a `meter` other than `calls`",
+        "plans.b.credits.unit_size: set only with a `meter` other than `calls`",
+        "plans.c.credits.max_units: 0 must be at least 1",
+        "plans.c.credits.unit_size: -1 must be at least 1",
     ] {
         assert!(
             problems.iter().any(|p| p.starts_with(expected)),
