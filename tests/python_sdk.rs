@@ -669,6 +669,88 @@ async fn python_sdk_pays_with_credits_through_serve() {
     assert!(anonymous.get("calls").is_none(), "{anonymous}");
 }
 
+/// The Python SDK as a client of the other models: it sees each model's
+/// terms in `tools/list` and in each result's `_meta`, and gets the
+/// refusals it can act on (`subscription_required`, `quota_exceeded` with
+/// when the quota resets).
+#[tokio::test]
+async fn python_sdk_sees_each_models_terms_and_refusals() {
+    use common::billing::{add_customer, create_key};
+
+    let db = common::db::TestDb::postgres().await;
+    let url = db.url();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\ncommand = {:?}\nargs = [\"demo-upstream\"]\n\
+         [database]\nurl = {url:?}\n\
+         [[plans]]\nid = \"free\"\nmodel = \"freemium\"\nupgrade_url = \"https://pay.example.com\"\n\
+         freemium = {{ free_calls = 2, window = \"month\" }}\n\
+         [[plans]]\nid = \"team\"\nmodel = \"subscription\"\ncurrency = \"usd\"\n\
+         subscription = {{ included_calls = 1 }}\n\
+         [[plans]]\nid = \"metered\"\nmodel = \"usage\"\nusage = {{ event_name = \"calls\" }}\n",
+        bin()
+    );
+    let proxy = Proxy::serve(dir.path(), &toml);
+
+    let free = add_customer(url, "Free", "free");
+    let document = billed_client(&proxy.url, Some(&create_key(url, &free)), 3);
+    assert_eq!(document["tools"]["echo"]["free_calls"], 2, "{document}");
+    let calls = document["calls"].as_array().unwrap();
+    assert_eq!(calls[1]["billing"]["quota"]["remaining"], 0, "{document}");
+    assert_eq!(
+        calls[1]["billing"]["warnings"][0]["percent"], 100,
+        "{document}"
+    );
+    let refused = &calls[2]["error"];
+    assert_eq!(refused["data"]["reason"], "quota_exceeded", "{document}");
+    assert!(refused["data"]["retry_after_ms"].as_i64().unwrap() > 0);
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("https://pay.example.com")
+    );
+
+    let team = add_customer(url, "Team", "team");
+    let key = create_key(url, &team);
+    let unsubscribed = billed_client(&proxy.url, Some(&key), 1);
+    assert_eq!(
+        unsubscribed["calls"][0]["error"]["data"]["reason"], "subscription_required",
+        "{unsubscribed}"
+    );
+    common::admin_json(
+        url,
+        &[
+            "subscriptions",
+            "set",
+            "--customer",
+            &team,
+            "--plan",
+            "team",
+            "--status",
+            "active",
+            "--json",
+        ],
+    );
+    let subscribed = billed_client(&proxy.url, Some(&key), 2);
+    let calls = subscribed["calls"].as_array().unwrap();
+    assert_eq!(
+        calls[0]["billing"]["included"]["remaining"], 0,
+        "{subscribed}"
+    );
+    assert_eq!(
+        calls[1]["error"]["data"]["reason"], "quota_exceeded",
+        "{subscribed}"
+    );
+
+    let metered = add_customer(url, "Metered", "metered");
+    let document = billed_client(&proxy.url, Some(&create_key(url, &metered)), 2);
+    assert_eq!(document["tools"]["echo"]["metered"], "calls", "{document}");
+    for call in document["calls"].as_array().unwrap() {
+        assert_eq!(call["billing"]["units"], 1, "{document}");
+    }
+}
+
 // (h) Billing a 2026-07-28 `input_required` round trip: the Python SDK server asks for
 //     input, the client resumes with `requestState`; the logical call is charged once.
 #[tokio::test]
