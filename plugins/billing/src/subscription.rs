@@ -56,8 +56,8 @@ where
             ));
         }
     };
-    let standing = match standing(subscription.as_ref(), &call.plan.id, rules, now) {
-        Ok(standing) => standing,
+    let (standing, subscription) = match standing(subscription, &call.plan.id, rules, now) {
+        Ok(found) => found,
         Err(denial) => return Ok(refuse(&call.request, Some(&call.plan), *denial)),
     };
     let plan_id = call.plan.id.clone();
@@ -70,9 +70,6 @@ where
             return Ok(with_billing_meta(response, meta));
         }
         ToolPrice::Fixed(price) | ToolPrice::Default(price) => price,
-    };
-    let Some(subscription) = subscription else {
-        return inner.oneshot(call.request).await;
     };
     let (period_start, period_end) = period_of(rules, &subscription, now);
     let mut meta = json!({
@@ -225,13 +222,14 @@ enum Standing {
     InGrace { ends: UnixMillis },
 }
 
-/// Whether the customer's subscription lets the call through.
+/// Whether the customer's subscription lets the call through; the
+/// subscription with how it stands when it does.
 fn standing(
-    subscription: Option<&Subscription>,
+    subscription: Option<Subscription>,
     plan_id: &str,
     rules: &SubscriptionRules,
     now: UnixMillis,
-) -> Result<Standing, Box<Denial>> {
+) -> Result<(Standing, Subscription), Box<Denial>> {
     let Some(subscription) = subscription.filter(|s| s.plan_id == plan_id) else {
         return Err(Box::new(
             Denial::new(
@@ -242,14 +240,16 @@ fn standing(
         ));
     };
     match subscription.status {
-        SubscriptionStatus::Active | SubscriptionStatus::Trialing => Ok(Standing::Current),
+        SubscriptionStatus::Active | SubscriptionStatus::Trialing => {
+            Ok((Standing::Current, subscription))
+        }
         SubscriptionStatus::PastDue => {
             let since = subscription
                 .past_due_since
                 .unwrap_or(subscription.updated_at);
             let ends = UnixMillis(since.0.saturating_add(rules.grace_ms));
             if now < ends {
-                Ok(Standing::InGrace { ends })
+                Ok((Standing::InGrace { ends }, subscription))
             } else {
                 Err(Box::new(
                     Denial::new(
