@@ -33,19 +33,42 @@
 //!   at `PROXY_BENCH_POSTGRES_URL` (default
 //!   `postgres://postgres@127.0.0.1:5432/test`) and dropped at the end (a
 //!   server that cannot be reached skips the row with a note).
-//! - **HTTP proxy + auth + usage + credits (SQLite)** and **(PostgreSQL)**:
-//!   the same, with one credits plan in the configuration (`echo` costs 1
-//!   credit) and the customer on it with a large grant: each call also
-//!   reserves its credit before it is forwarded and settles it after. The
-//!   check at the end also requires exactly one credit spent per call.
-//!   `PROXY_BENCH_METERED` picks the metered rows: any of `sqlite`,
-//!   `postgres`, `sqlite-credits`, `postgres-credits`, or `0` (default: all
-//!   four). Their cost is also reported over the passthrough HTTP
-//!   row of the same run. Once the proxy has stopped (on SIGTERM it writes
-//!   every queued record before it exits), the bench reads the customer's
-//!   usage records and checks that there is exactly one per `tools/call`
-//!   made (warm-up included) and one per session's `initialize`; a mismatch
-//!   fails the run after the report.
+//! - **HTTP proxy + auth + usage + `<model>` (SQLite)** and **(PostgreSQL)**,
+//!   one pair per billing model: the same, with one plan `bench` of that
+//!   model in the configuration and the customer on it, so that each call
+//!   also does that model's work in the ledger (`<model>` in the row name is
+//!   the plan's `model`):
+//!   - `credits`: `echo` costs 1 credit and the customer has a large grant;
+//!     each call reserves its credit before it is forwarded and settles it
+//!     after.
+//!   - `per_call`: 0.001 USD a call (`currency = "usd"`, `prices.default`);
+//!     each successful call is counted in its month and charged (a `charge`
+//!     ledger entry).
+//!   - `subscription`: 1,000,000,000 included calls with
+//!     `beyond_included = "refuse"`, and an active subscription for the
+//!     customer (`mcp-meter subscriptions set`): each call takes an included
+//!     call under the cap before it is forwarded.
+//!   - `usage`: event `bench_calls`, metered in calls; each successful call
+//!     writes a `usage` ledger entry and a meter outbox event, in one
+//!     transaction.
+//!   - `freemium`: 1,000,000,000 free calls a month; each call takes one
+//!     before it is forwarded.
+//!
+//!   `PROXY_BENCH_METERED` picks the metered rows: a comma-separated list of
+//!   `sqlite`, `postgres`, `sqlite-<model>` and `postgres-<model>`, where
+//!   `<model>` is `credits`, `per-call`, `subscription`, `usage` or
+//!   `freemium` (e.g. `sqlite,postgres-per-call`); `1` (the default) for all
+//!   twelve, `0` for none. Their cost is also reported over the passthrough
+//!   HTTP row of the same run. Once the proxy has stopped (on SIGTERM it
+//!   writes every queued record before it exits), the bench checks each
+//!   metered row: exactly one usage record per `tools/call` made (warm-up
+//!   included) and one per session's `initialize`; then, from the
+//!   customer's balance, ledger and meter outbox read through mcp-meter's
+//!   store: `credits`, one credit spent per call; `per_call`, one `charge`
+//!   entry per call, adding up to calls × 1,000 micro-USD; `subscription`
+//!   and `freemium`, one `usage` entry (a quota take) per call; `usage`, one
+//!   `usage` entry and one meter event per call. A mismatch fails the run
+//!   after the report.
 //!
 //! There is no native HTTP build of the demo server, so HTTP has no "direct"
 //! twin: its figures are absolute, and are compared with the direct stdio
@@ -104,7 +127,8 @@ use std::time::{Duration, Instant};
 
 use mcp_meter::store::{self, StoreOptions, UsageFilter};
 use mcp_meter_plugin::identity::{CustomerId, UnixMillis};
-use mcp_meter_plugin::ledger::{BalanceChange, EntryKind};
+use mcp_meter_plugin::ledger::{BalanceChange, EntryKind, LedgerFilter};
+use mcp_meter_plugin::outbox::OutboxFilter;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -176,7 +200,7 @@ struct Settings {
     rust_log: Option<String>,
     supergateway: bool,
     /// The metered rows to measure (`PROXY_BENCH_METERED`).
-    metered: Vec<Database>,
+    metered: Vec<Row>,
     /// Where the bench creates its PostgreSQL database
     /// (`PROXY_BENCH_POSTGRES_URL`).
     postgres_url: String,
@@ -232,35 +256,31 @@ impl Settings {
     }
 }
 
-/// `PROXY_BENCH_METERED`: any of `sqlite`, `postgres`, `sqlite-credits`,
-/// `postgres-credits` (all four is the default, also `1`), or `0` for none.
-fn metered_from_env() -> Res<Vec<Database>> {
+/// `PROXY_BENCH_METERED`: a comma-separated list of rows by their keys
+/// (`sqlite`, `postgres`, `sqlite-<model>`, `postgres-<model>`, see
+/// [`Row::key`]), `1` (the default) for all of them or `0` for none.
+fn metered_from_env() -> Res<Vec<Row>> {
     let text = std::env::var("PROXY_BENCH_METERED").unwrap_or_else(|_| "1".into());
     match text.trim() {
         "0" | "" | "none" => return Ok(Vec::new()),
-        "1" => {
-            return Ok(vec![
-                Database::Sqlite,
-                Database::SqliteCredits,
-                Database::Postgres,
-                Database::PostgresCredits,
-            ]);
-        }
+        "1" | "all" => return Ok(Row::all()),
         _ => {}
     }
-    text.split(',')
-        .map(|word| match word.trim() {
-            "sqlite" => Ok(Database::Sqlite),
-            "postgres" | "postgresql" => Ok(Database::Postgres),
-            "sqlite-credits" => Ok(Database::SqliteCredits),
-            "postgres-credits" => Ok(Database::PostgresCredits),
-            other => Err(format!(
-                "PROXY_BENCH_METERED: {other:?} is not sqlite, postgres, sqlite-credits, \
-                 postgres-credits, 1 or 0"
+    let mut rows = Vec::new();
+    for word in text.split(',').map(str::trim) {
+        let row = Row::parse(&word.to_ascii_lowercase()).with_context(|| {
+            let keys: Vec<String> = Row::all().into_iter().map(Row::key).collect();
+            format!(
+                "PROXY_BENCH_METERED: {word:?} is not a metered row; give a comma-separated \
+                 list of {}, or 1 (all of them) or 0 (none)",
+                keys.join(", ")
             )
-            .into()),
-        })
-        .collect()
+        })?;
+        if !rows.contains(&row) {
+            rows.push(row);
+        }
+    }
+    Ok(rows)
 }
 
 // ---------------------------------------------------------------------------
@@ -1167,34 +1187,269 @@ async fn start_supergateway(script: &Path, bin: &Path) -> Res<(Proc, String)> {
 /// The server on which the bench creates (and drops) its PostgreSQL database.
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-/// A metered row: where it keeps its customers, keys, usage records and
-/// ledger, and whether its customer is on a credits plan.
+/// Where a metered row keeps its customers, keys, usage records and ledger.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Database {
+enum Backend {
     Sqlite,
     Postgres,
-    SqliteCredits,
-    PostgresCredits,
 }
 
-impl Database {
-    /// The row's name in the report.
-    fn row(self) -> &'static str {
+impl Backend {
+    const ALL: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+    /// Its name in `PROXY_BENCH_METERED`.
+    fn key(self) -> &'static str {
         match self {
-            Database::Sqlite => METERED_SQLITE,
-            Database::Postgres => METERED_POSTGRES,
-            Database::SqliteCredits => CREDITS_SQLITE,
-            Database::PostgresCredits => CREDITS_POSTGRES,
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
         }
     }
 
-    fn is_postgres(self) -> bool {
-        matches!(self, Database::Postgres | Database::PostgresCredits)
+    fn parse(word: &str) -> Option<Backend> {
+        match word {
+            "sqlite" => Some(Backend::Sqlite),
+            "postgres" | "postgresql" => Some(Backend::Postgres),
+            _ => None,
+        }
+    }
+}
+
+/// The plan id of a billing row's customer.
+const BENCH_PLAN: &str = "bench";
+
+/// A billing model: a metered row with one, [`BENCH_PLAN`], has that plan in
+/// its configuration and its customer on it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Model {
+    Credits,
+    PerCall,
+    Subscription,
+    Usage,
+    Freemium,
+}
+
+impl Model {
+    const ALL: [Model; 5] = [
+        Model::Credits,
+        Model::PerCall,
+        Model::Subscription,
+        Model::Usage,
+        Model::Freemium,
+    ];
+
+    /// Its name in `PROXY_BENCH_METERED` (`sqlite-<key>`, `postgres-<key>`).
+    fn key(self) -> &'static str {
+        match self {
+            Model::Credits => "credits",
+            Model::PerCall => "per-call",
+            Model::Subscription => "subscription",
+            Model::Usage => "usage",
+            Model::Freemium => "freemium",
+        }
     }
 
-    /// Whether the row's customer is on the credits plan.
-    fn bills(self) -> bool {
-        matches!(self, Database::SqliteCredits | Database::PostgresCredits)
+    /// The plan's `model` in the configuration (and in the row's name).
+    fn name(self) -> &'static str {
+        match self {
+            Model::PerCall => "per_call",
+            other => other.key(),
+        }
+    }
+
+    fn parse(word: &str) -> Option<Model> {
+        Model::ALL
+            .into_iter()
+            .find(|model| model.key() == word || model.name() == word)
+    }
+
+    /// The plan's settings after its `id` in `[[plans]]`: enough that no
+    /// run of the bench reaches a limit, so every call is served.
+    fn plan_toml(self) -> &'static str {
+        match self {
+            // `echo` costs 1 credit; the customer has `BENCH_CREDITS`.
+            Model::Credits => {
+                concat!("model = \"credits\"\n", "[plans.prices]\n", "default = 1\n",)
+            }
+            // 1,000 micro-USD a call.
+            Model::PerCall => concat!(
+                "model = \"per_call\"\n",
+                "currency = \"usd\"\n",
+                "[plans.prices]\n",
+                "default = \"0.001\"\n",
+            ),
+            // A hard cap: each call takes an included call before it is
+            // forwarded.
+            Model::Subscription => concat!(
+                "model = \"subscription\"\n",
+                "currency = \"usd\"\n",
+                "[plans.subscription]\n",
+                "included_calls = 1000000000\n",
+                "beyond_included = \"refuse\"\n",
+            ),
+            Model::Usage => concat!(
+                "model = \"usage\"\n",
+                "[plans.usage]\n",
+                "event_name = \"bench_calls\"\n",
+            ),
+            Model::Freemium => concat!(
+                "model = \"freemium\"\n",
+                "[plans.freemium]\n",
+                "free_calls = 1000000000\n",
+                "window = \"month\"\n",
+            ),
+        }
+    }
+
+    /// What the customer needs before its first call, once it is on the
+    /// plan: credits to spend, or an active subscription (set with the CLI,
+    /// as an operator would).
+    async fn set_up(self, bin: &Path, url: &str, customer: &str) -> Res<()> {
+        match self {
+            Model::Credits => grant_credits(url, customer).await,
+            Model::Subscription => {
+                let args = [
+                    "subscriptions",
+                    "set",
+                    "--customer",
+                    customer,
+                    "--plan",
+                    BENCH_PLAN,
+                    "--status",
+                    "active",
+                    "--json",
+                    "--database-url",
+                    url,
+                ];
+                cli_json(bin, &args).await.map(drop)
+            }
+            Model::PerCall | Model::Usage | Model::Freemium => Ok(()),
+        }
+    }
+
+    /// What the model must have written for `calls` served calls, read
+    /// from the customer's balance, ledger and meter outbox.
+    async fn check(
+        self,
+        store: &dyn store::Store,
+        customer: &CustomerId,
+        calls: u64,
+    ) -> Res<Vec<Figure>> {
+        let calls = i64::try_from(calls).context("call count")?;
+        let per_call = |got: i64, what: &str| {
+            Figure::new(
+                got,
+                calls,
+                format!("{} {what} for {} calls", grouped(got), grouped(calls)),
+            )
+        };
+        Ok(match self {
+            Model::Credits => {
+                let balance = store
+                    .balance(customer)
+                    .await
+                    .context("reading the balance")?;
+                vec![per_call(BENCH_CREDITS - balance, "credits spent")]
+            }
+            Model::PerCall => {
+                let ledger = LedgerTotals::read(store, customer).await?;
+                let (charges, charged) = ledger.of(EntryKind::Charge);
+                let price = 1_000; // micro-USD, `prices.default = "0.001"`
+                vec![
+                    per_call(charges, "charges"),
+                    Figure::new(
+                        charged,
+                        calls * price,
+                        format!(
+                            "{} micro-USD charged for {} calls × {}",
+                            grouped(charged),
+                            grouped(calls),
+                            grouped(price)
+                        ),
+                    ),
+                ]
+            }
+            Model::Subscription | Model::Freemium => {
+                let ledger = LedgerTotals::read(store, customer).await?;
+                let (takes, _) = ledger.of(EntryKind::Usage);
+                vec![per_call(takes, "quota takes (usage entries)")]
+            }
+            Model::Usage => {
+                let ledger = LedgerTotals::read(store, customer).await?;
+                let (entries, _) = ledger.of(EntryKind::Usage);
+                let events = meter_event_count(store, customer).await?;
+                vec![
+                    per_call(entries, "usage entries"),
+                    per_call(events, "meter events"),
+                ]
+            }
+        })
+    }
+}
+
+/// A metered row: a database, and the billing model of its customer's plan
+/// (none: auth and usage records only).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Row {
+    backend: Backend,
+    model: Option<Model>,
+}
+
+impl Row {
+    /// Every metered row, in report order: SQLite, then PostgreSQL, each
+    /// without a plan and then under each model.
+    fn all() -> Vec<Row> {
+        let models = std::iter::once(None).chain(Model::ALL.map(Some));
+        Backend::ALL
+            .into_iter()
+            .flat_map(|backend| models.clone().map(move |model| Row { backend, model }))
+            .collect()
+    }
+
+    /// Its name in `PROXY_BENCH_METERED` (and in its files' names), e.g.
+    /// `sqlite` or `postgres-per-call`.
+    fn key(self) -> String {
+        match self.model {
+            None => self.backend.key().to_owned(),
+            Some(model) => format!("{}-{}", self.backend.key(), model.key()),
+        }
+    }
+
+    /// The row whose [`Row::key`] is `word` (`postgresql` and the models'
+    /// plan names, `sqlite-per_call`, are accepted too).
+    fn parse(word: &str) -> Option<Row> {
+        let (backend, model) = match word.split_once('-') {
+            Some((backend, model)) => (backend, Some(Model::parse(model)?)),
+            None => (word, None),
+        };
+        Some(Row {
+            backend: Backend::parse(backend)?,
+            model,
+        })
+    }
+
+    /// The row's name in the report.
+    fn name(self) -> &'static str {
+        use Backend::{Postgres, Sqlite};
+        match (self.model, self.backend) {
+            (None, Sqlite) => "HTTP proxy + auth + usage (SQLite)",
+            (None, Postgres) => "HTTP proxy + auth + usage (PostgreSQL)",
+            (Some(Model::Credits), Sqlite) => "HTTP proxy + auth + usage + credits (SQLite)",
+            (Some(Model::Credits), Postgres) => "HTTP proxy + auth + usage + credits (PostgreSQL)",
+            (Some(Model::PerCall), Sqlite) => "HTTP proxy + auth + usage + per_call (SQLite)",
+            (Some(Model::PerCall), Postgres) => "HTTP proxy + auth + usage + per_call (PostgreSQL)",
+            (Some(Model::Subscription), Sqlite) => {
+                "HTTP proxy + auth + usage + subscription (SQLite)"
+            }
+            (Some(Model::Subscription), Postgres) => {
+                "HTTP proxy + auth + usage + subscription (PostgreSQL)"
+            }
+            (Some(Model::Usage), Sqlite) => "HTTP proxy + auth + usage + usage (SQLite)",
+            (Some(Model::Usage), Postgres) => "HTTP proxy + auth + usage + usage (PostgreSQL)",
+            (Some(Model::Freemium), Sqlite) => "HTTP proxy + auth + usage + freemium (SQLite)",
+            (Some(Model::Freemium), Postgres) => {
+                "HTTP proxy + auth + usage + freemium (PostgreSQL)"
+            }
+        }
     }
 }
 
@@ -1246,7 +1501,7 @@ impl PgScratch {
 /// A database ready for one metered row: migrated, with one customer and an
 /// API key for it, and a configuration file pointing mcp-meter at it.
 struct Metered {
-    database: Database,
+    row: Row,
     url: String,
     config: PathBuf,
     customer: String,
@@ -1257,17 +1512,18 @@ struct Metered {
 }
 
 impl Metered {
-    /// Provisions the database at `url` and writes `<dir>/<database>.toml`.
-    async fn provision(database: Database, url: String, bin: &Path, dir: &Path) -> Res<Metered> {
-        let (customer, key) = create_customer_and_key(bin, &url, database.bills()).await?;
-        if database.bills() {
-            grant_credits(&url, &customer).await?;
+    /// Provisions the database at `url` (a customer on the row's plan, its
+    /// key, and what its model needs) and writes `<dir>/<row key>.toml`.
+    async fn provision(row: Row, url: String, bin: &Path, dir: &Path) -> Res<Metered> {
+        let (customer, key) = create_customer_and_key(bin, &url, row.model.is_some()).await?;
+        if let Some(model) = row.model {
+            model.set_up(bin, &url, &customer).await?;
         }
-        let config = dir.join(format!("{database:?}.toml").to_lowercase());
-        std::fs::write(&config, metered_config(&url, database.bills())?)
+        let config = dir.join(format!("{}.toml", row.key()));
+        std::fs::write(&config, metered_config(&url, row.model)?)
             .with_context(|| format!("writing {}", config.display()))?;
         Ok(Metered {
-            database,
+            row,
             url,
             config,
             customer,
@@ -1284,25 +1540,22 @@ impl Metered {
         }
     }
 
-    /// Counts the customer's usage records (and, on a credits row, the
-    /// credits spent) against what was `sent`.
+    /// Counts the customer's usage records, and on a billing row what its
+    /// model wrote, against what was `sent`.
     async fn check_records(&self, sent: Sent) -> Res<RecordCheck> {
         let store = open_store(&self.url).await?;
         let by_method = records_by_method(store.as_ref(), &self.customer).await?;
-        let credits_spent = match self.database.bills() {
-            true => {
-                let balance = store
-                    .balance(&CustomerId::new(self.customer.as_str()))
-                    .await
-                    .context("reading the balance")?;
-                Some(BENCH_CREDITS - balance)
+        let billing = match self.row.model {
+            Some(model) => {
+                let customer = CustomerId::new(self.customer.as_str());
+                model.check(store.as_ref(), &customer, sent.calls).await?
             }
-            false => None,
+            None => Vec::new(),
         };
         Ok(RecordCheck {
             sent,
             by_method,
-            credits_spent,
+            billing,
         })
     }
 }
@@ -1317,23 +1570,24 @@ async fn set_up_metered(
 ) -> Res<(Vec<Metered>, Vec<String>)> {
     let mut metered = Vec::new();
     let mut notes = Vec::new();
-    for &database in &settings.metered {
-        let (url, scratch) = if database.is_postgres() {
-            match PgScratch::create(&settings.postgres_url).await {
+    for &row in &settings.metered {
+        let (url, scratch) = match row.backend {
+            Backend::Postgres => match PgScratch::create(&settings.postgres_url).await {
                 Ok((scratch, url)) => (url, Some(scratch)),
                 Err(e) => {
-                    notes.push(format!("{}: skipped ({e})", database.row()));
+                    notes.push(format!("{}: skipped ({e})", row.name()));
                     continue;
                 }
+            },
+            Backend::Sqlite => {
+                let file = format!("{}.db", row.key());
+                (format!("sqlite://{}", dir.join(file).display()), None)
             }
-        } else {
-            let file = format!("{database:?}.db").to_lowercase();
-            (format!("sqlite://{}", dir.join(file).display()), None)
         };
         let shown = mcp_meter::store::redact_url(&url);
-        match Metered::provision(database, url, bin, dir).await {
+        match Metered::provision(row, url, bin, dir).await {
             Ok(m) => {
-                println!("  {}: database {shown}", database.row());
+                println!("  {}: database {shown}", row.name());
                 metered.push(Metered { scratch, ..m });
             }
             Err(e) => {
@@ -1341,7 +1595,7 @@ async fn set_up_metered(
                     let _ = scratch.drop_database().await;
                 }
                 remove_all(&metered).await;
-                return Err(format!("setting up {}: {e}", database.row()).into());
+                return Err(format!("setting up {}: {e}", row.name()).into());
             }
         }
     }
@@ -1355,22 +1609,24 @@ async fn set_up_metered(
 async fn remove_all(metered: &[Metered]) {
     for m in metered {
         if let Err(e) = m.remove().await {
-            eprintln!("warning: {}: {e}", m.database.row());
+            eprintln!("warning: {}: {e}", m.row.name());
         }
     }
 }
 
-/// The configuration of a metered row: `[database]`, and on a credits row
-/// one credits plan (`echo` costs 1 credit); `wrap` supplies the upstream,
-/// and every other setting keeps its default (plugins `usage_recorder`,
-/// `auth`, `billing` on a credits row, `call_log`).
-fn metered_config(database_url: &str, bills: bool) -> Res<String> {
+/// The configuration of a metered row: `[database]`, and on a billing row
+/// the model's plan [`BENCH_PLAN`]; `wrap` supplies the upstream, and every
+/// other setting keeps its default (plugins `usage_recorder`, `auth`,
+/// `billing` on a billing row, `call_log`).
+fn metered_config(database_url: &str, model: Option<Model>) -> Res<String> {
     // A JSON string is a valid TOML basic string.
     let url = serde_json::to_string(database_url).context("database URL")?;
     let mut config = format!("[database]\nurl = {url}\n");
-    if bills {
-        config.push_str(
-            "\n[[plans]]\nid = \"bench\"\nmodel = \"credits\"\n[plans.prices]\ndefault = 1\n",
+    if let Some(model) = model {
+        let _ = write!(
+            config,
+            "\n[[plans]]\nid = \"{BENCH_PLAN}\"\n{}",
+            model.plan_toml()
         );
     }
     Ok(config)
@@ -1402,7 +1658,7 @@ async fn open_store(url: &str) -> Res<std::sync::Arc<dyn store::Store>> {
 }
 
 /// A customer and an API key for it, made with the CLI as an operator would.
-/// On a credits row the customer is on the `bench` plan.
+/// On a billing row the customer is on the [`BENCH_PLAN`] plan.
 async fn create_customer_and_key(bin: &Path, url: &str, bills: bool) -> Res<(String, String)> {
     let mut args = vec![
         "customers",
@@ -1414,7 +1670,7 @@ async fn create_customer_and_key(bin: &Path, url: &str, bills: bool) -> Res<(Str
         url,
     ];
     if bills {
-        args.extend(["--plan", "bench"]);
+        args.extend(["--plan", BENCH_PLAN]);
     }
     let customers = cli_json(bin, &args).await?;
     let customer = customers[0]["id"]
@@ -1485,12 +1741,14 @@ struct Sent {
     calls: u64,
 }
 
-/// A metered row's usage records, against what the bench sent.
+/// A metered row's usage records, and what its billing model wrote, against
+/// what the bench sent.
 struct RecordCheck {
     sent: Sent,
     by_method: BTreeMap<String, u64>,
-    /// On a credits row: credits taken from the balance (1 per call).
-    credits_spent: Option<i64>,
+    /// On a billing row: the figures its model must match (see
+    /// [`Model::check`]).
+    billing: Vec<Figure>,
 }
 
 impl RecordCheck {
@@ -1498,32 +1756,32 @@ impl RecordCheck {
         self.by_method.get(method).copied().unwrap_or(0)
     }
 
-    /// Exactly one record per call and per `initialize`, and no others.
+    /// Exactly one record per call and per `initialize`, no others, and
+    /// every billing figure as expected.
     fn ok(&self) -> bool {
         let total: u64 = self.by_method.values().sum();
         self.count("tools/call") == self.sent.calls
             && self.count("initialize") == self.sent.sessions
             && total == self.sent.calls + self.sent.sessions
-            && self
-                .credits_spent
-                .is_none_or(|spent| u64::try_from(spent) == Ok(self.sent.calls))
+            && self.billing.iter().all(Figure::ok)
     }
 
-    /// E.g. `records: 9 of 9 calls (tools/call), 2 of 2 initialize: ok`.
+    /// E.g. `records: 9 of 9 calls (tools/call), 2 of 2 initialize; 9
+    /// charges for 9 calls, 9,000 micro-USD charged for 9 calls × 1,000: ok`.
     fn describe(&self) -> String {
         let mut text = format!(
             "records: {} of {} calls (tools/call), {} of {} initialize",
-            self.count("tools/call"),
-            self.sent.calls,
-            self.count("initialize"),
-            self.sent.sessions
+            grouped(self.count("tools/call")),
+            grouped(self.sent.calls),
+            grouped(self.count("initialize")),
+            grouped(self.sent.sessions)
         );
-        if let Some(spent) = self.credits_spent {
-            let _ = write!(
-                text,
-                ", {spent} credits spent for {} calls",
-                self.sent.calls
-            );
+        for (i, figure) in self.billing.iter().enumerate() {
+            text.push_str(if i == 0 { "; " } else { ", " });
+            text.push_str(&figure.text);
+            if !figure.ok() {
+                let _ = write!(text, " (MISMATCH: expected {})", grouped(figure.want));
+            }
         }
         if self.ok() {
             text.push_str(": ok");
@@ -1531,6 +1789,100 @@ impl RecordCheck {
             let _ = write!(text, ": MISMATCH, records by method {:?}", self.by_method);
         }
         text
+    }
+}
+
+/// One figure a billing model must match, e.g. charges against calls.
+struct Figure {
+    got: i64,
+    want: i64,
+    /// What was found, e.g. `9 charges for 9 calls`.
+    text: String,
+}
+
+impl Figure {
+    fn new(got: i64, want: i64, text: String) -> Figure {
+        Figure { got, want, text }
+    }
+
+    fn ok(&self) -> bool {
+        self.got == self.want
+    }
+}
+
+/// `n` with thousands separators: `10,521`.
+fn grouped(n: impl Into<i128>) -> String {
+    let n: i128 = n.into();
+    let digits = n.unsigned_abs().to_string();
+    let mut text = String::from(if n < 0 { "-" } else { "" });
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            text.push(',');
+        }
+        text.push(digit);
+    }
+    text
+}
+
+/// How many ledger entries or outbox events the bench reads at a time.
+const PAGE: u32 = 1_000;
+
+/// A customer's ledger entries by kind: how many, and the sum of their
+/// amounts.
+struct LedgerTotals(HashMap<EntryKind, (i64, i64)>);
+
+impl LedgerTotals {
+    /// Reads the whole of `customer`'s ledger through mcp-meter's store, a
+    /// page at a time.
+    async fn read(store: &dyn store::Store, customer: &CustomerId) -> Res<LedgerTotals> {
+        let mut totals = HashMap::new();
+        let mut after_id = None;
+        loop {
+            let filter = LedgerFilter {
+                customer: Some(customer.clone()),
+                after_id,
+                limit: PAGE,
+            };
+            let page = store.entries(&filter).await.context("reading the ledger")?;
+            let Some(last) = page.last() else {
+                return Ok(LedgerTotals(totals));
+            };
+            after_id = Some(last.id);
+            for entry in &page {
+                let (count, sum) = totals.entry(entry.kind).or_insert((0, 0));
+                *count += 1;
+                *sum += entry.amount;
+            }
+        }
+    }
+
+    /// The number of entries of `kind` and the sum of their amounts.
+    fn of(&self, kind: EntryKind) -> (i64, i64) {
+        self.0.get(&kind).copied().unwrap_or((0, 0))
+    }
+}
+
+/// The number of `customer`'s events in the meter outbox, whatever their
+/// state.
+async fn meter_event_count(store: &dyn store::Store, customer: &CustomerId) -> Res<i64> {
+    let mut count = 0;
+    let mut after_id = None;
+    loop {
+        let filter = OutboxFilter {
+            customer: Some(customer.clone()),
+            after_id,
+            limit: PAGE,
+            ..OutboxFilter::default()
+        };
+        let page = store
+            .meter_events(&filter)
+            .await
+            .context("reading the meter outbox")?;
+        let Some(last) = page.last() else {
+            return Ok(count);
+        };
+        after_id = Some(last.id);
+        count += i64::try_from(page.len()).context("page size")?;
     }
 }
 
@@ -1743,8 +2095,10 @@ fn report_metering(
 ) {
     let _ = writeln!(
         out,
-        "\nMetering: auth (one key lookup per call) + usage (one record per call), and credits \
-         (a reservation and a settlement per call), over {HTTP_PROXY} in this run"
+        "\nMetering over {HTTP_PROXY} in this run: auth (one key lookup per call) + usage (one \
+         record per call), and per billing model: credits (a reservation and a settlement per \
+         call), per_call (a charge per call), subscription (an included call taken under the \
+         cap), usage (a usage entry and a meter outbox event), freemium (a free call taken)"
     );
     for note in notes {
         let _ = writeln!(out, "  {note}");
@@ -1795,11 +2149,6 @@ const STDIO_PROXY: &str = "mcp-meter stdio→stdio";
 const HTTP_PROXY: &str = "mcp-meter HTTP→stdio";
 const SUPERGATEWAY: &str = "supergateway HTTP→stdio";
 
-const METERED_SQLITE: &str = "HTTP proxy + auth + usage (SQLite)";
-const METERED_POSTGRES: &str = "HTTP proxy + auth + usage (PostgreSQL)";
-const CREDITS_SQLITE: &str = "HTTP proxy + auth + usage + credits (SQLite)";
-const CREDITS_POSTGRES: &str = "HTTP proxy + auth + usage + credits (PostgreSQL)";
-
 async fn run(settings: Settings) -> Res<()> {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_mcp-meter"));
     if !bin.exists() {
@@ -1819,9 +2168,15 @@ async fn run(settings: Settings) -> Res<()> {
             .as_deref()
             .unwrap_or("(unset: default info, call log on)")
     );
+    let keys: Vec<String> = settings.metered.iter().map(|row| row.key()).collect();
     println!(
-        "  metered rows: {:?} (PROXY_BENCH_METERED=sqlite,postgres picks them, 0 skips them)",
-        settings.metered
+        "  metered rows: {} (PROXY_BENCH_METERED: 1 = all, 0 = none, or a list such as \
+         sqlite,postgres-per-call)",
+        if keys.is_empty() {
+            "none".into()
+        } else {
+            keys.join(",")
+        }
     );
 
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
@@ -1860,7 +2215,10 @@ async fn measure_and_report(
         .iter()
         .any(|r| r.records.as_ref().is_some_and(|check| !check.ok()))
     {
-        return Err("usage records do not match the calls made (see Metering above)".into());
+        return Err(
+            "usage records or billing entries do not match the calls made (see Metering above)"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -1891,7 +2249,7 @@ async fn start_subjects(
 
     for m in metered {
         let (proc, url) = start_mcp_meter_http(bin, Some(&m.config), settings).await?;
-        let name = m.database.row();
+        let name = m.row.name();
         subjects.push(Subject::http(name, proc, url, Some(&m.key), settings).await?);
     }
 
@@ -1945,7 +2303,7 @@ async fn measure_all(subjects: &[Subject], settings: &Settings) -> Res<Vec<PathR
 /// proxies have stopped: they write every queued record before exiting.
 async fn check_usage_records(results: &mut [PathResult], metered: &[Metered]) -> Res<()> {
     for m in metered {
-        let name = m.database.row();
+        let name = m.row.name();
         let result = results
             .iter_mut()
             .find(|r| r.name == name)
