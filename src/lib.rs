@@ -16,4 +16,5 @@ pub mod protocol;
 pub mod run;
 pub mod services;
 pub mod store;
+pub mod stripe;
 pub mod transport;

@@ -1,6 +1,7 @@
 //! Starting and stopping what the plugins need, from the configuration: the
 //! store (opened and migrated), the authenticator and its `last_used_at`
-//! flusher, and the usage recorder's writer task.
+//! flusher, the billing layer and its recovery sweep (abandoned
+//! reservations, lost usage records), and the usage recorder's writer task.
 //!
 //! Without a `[database]` nothing is started and the proxy is a passthrough.
 //! With one, a database that cannot be opened stops the start with a clear
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use mcp_meter_auth::Authenticator;
 use mcp_meter_auth::jwt::JwtConfigError;
-use mcp_meter_billing::{BillingLayer, Catalog};
+use mcp_meter_billing::{BillingLayer, Catalog, RecoverySettings, spawn_recovery};
 use mcp_meter_plugin::ledger::SharedLedger;
 use mcp_meter_plugin::ports::{SharedClock, SystemClock};
 use mcp_meter_plugin::subscription::Subscriptions;
@@ -42,6 +43,7 @@ pub struct RunningServices {
     services: PluginServices,
     recorder: Option<RecorderHandle>,
     flusher: Option<JoinHandle<()>>,
+    recovery: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RunningServices {
@@ -69,6 +71,7 @@ pub async fn start(config: &Config) -> Result<RunningServices, ServicesError> {
             services: PluginServices::default(),
             recorder: None,
             flusher: None,
+            recovery: None,
         });
     };
     let store: Arc<dyn Store> = store::open(&store_options(database)).await?;
@@ -85,6 +88,7 @@ pub async fn start(config: &Config) -> Result<RunningServices, ServicesError> {
         },
         recorder: None,
         flusher: None,
+        recovery: None,
     };
     if wants("auth") {
         let authenticator = Arc::new(Authenticator::new(
@@ -103,6 +107,13 @@ pub async fn start(config: &Config) -> Result<RunningServices, ServicesError> {
             Catalog::compile(&config.billing, &config.plans).map_err(ServicesError::Plans)?;
         let ledger: SharedLedger = store.clone();
         let subscriptions: Arc<dyn Subscriptions> = store.clone();
+        let settings = RecoverySettings {
+            recover_usage: wants("usage_recorder"),
+            ..RecoverySettings::new(Duration::from_secs(
+                config.billing.abandon_reservations_after_secs(),
+            ))
+        };
+        running.recovery = Some(spawn_recovery(ledger.clone(), clock.clone(), settings));
         running.services.billing = Some(BillingLayer::new(
             Arc::new(catalog),
             ledger,
@@ -127,6 +138,9 @@ impl RunningServices {
     /// Writes what is still queued (usage records, `last_used_at`), waiting
     /// at most `grace` for the database. Call after in-flight calls ended.
     pub async fn stop(mut self, grace: Duration) {
+        if let Some(recovery) = self.recovery.take() {
+            recovery.abort();
+        }
         // The proxy and its layers are gone or idle; drop our clone so the
         // recorder's queue can close.
         self.services.recorder = None;

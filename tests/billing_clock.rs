@@ -175,6 +175,7 @@ subscription = { included_calls = 100, grace_period_hours = 24 }
             current_period: None,
             external_id: None,
             at: UnixMillis(JAN_31),
+            provider_event_at: None,
         })
         .await
         .unwrap();
@@ -212,6 +213,7 @@ subscription = { included_calls = 1, period = "subscription" }
             current_period: None,
             external_id: None,
             at: UnixMillis(JAN_31),
+            provider_event_at: None,
         })
         .await
         .unwrap();
@@ -241,6 +243,7 @@ subscription = { included_calls = 1, period = "subscription" }
             current_period: Some((UnixMillis(feb_28 + HOUR), UnixMillis(feb_28 + 2 * DAY))),
             external_id: None,
             at: UnixMillis(feb_28),
+            provider_event_at: None,
         })
         .await
         .unwrap();

@@ -74,7 +74,10 @@ fn check_accepts_a_good_file_and_the_examples() {
         let example = example.unwrap().path();
         let (code, _, stderr) = run(
             &["check", "--config", example.to_str().unwrap()],
-            &[("UPSTREAM_TOKEN", "t")],
+            &[
+                ("UPSTREAM_TOKEN", "t"),
+                ("STRIPE_WEBHOOK_SECRET", "whsec_example"),
+            ],
         );
         assert_eq!(code, Some(0), "{}: {stderr}", example.display());
     }

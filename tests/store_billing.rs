@@ -202,6 +202,7 @@ fn subscription_change(
         current_period: None,
         external_id: None,
         at: UnixMillis(at),
+        provider_event_at: None,
     }
 }
 
@@ -239,9 +240,14 @@ async fn billing_migration_is_applied(db: TestDb) {
         .collect();
     assert_eq!(
         applied,
-        [(1, "initial"), (2, "ledger"), (3, "billing models")]
+        [
+            (1, "initial"),
+            (2, "ledger"),
+            (3, "billing models"),
+            (4, "stripe webhooks")
+        ]
     );
-    assert_eq!(report.current_version(), 3);
+    assert_eq!(report.current_version(), 4);
     let again = store::migrate(&db.options()).await.expect("migrate again");
     assert!(again.applied_now.is_empty(), "{again:?}");
     // The store is each port (trait upcasting, no helper needed).
@@ -1751,4 +1757,300 @@ async fn derived_idempotency_keys_are_refused_to_operators(db: TestDb) {
     // A key that only looks alike is the operator's.
     operator_grant(ledger, &a, 5, "quota-bonus").await;
     assert_eq!(keys_of(&entries_of(ledger, &a).await), ["quota-bonus"]);
+}
+
+/// What an unclean stop leaves behind, found and repaired by the store:
+/// reservations still held, settled calls whose usage record was lost.
+mod recovery {
+    use std::sync::Arc;
+
+    use mcp_meter::store::{Store, UsageFilter};
+    use mcp_meter_plugin::identity::{CallId, CustomerId, UnixMillis};
+    use mcp_meter_plugin::ledger::{
+        ChargeKey, HeldReservation, Ledger, Reservation, ReserveOutcome, SettleOutcome, Settlement,
+        UnrecordedCharge,
+    };
+    use mcp_meter_plugin::ports::{UsageOutcome, UsageRecord, UsageSink};
+
+    use super::{DAY0, new_customer, operator_grant};
+    use crate::common::db::TestDb;
+    use crate::each_backend;
+
+    const EVERYTHING: UnixMillis = UnixMillis(i64::MIN);
+
+    each_backend!(
+        held_reservations_are_oldest_first_before_the_horizon,
+        unrecorded_charges_are_settled_calls_without_a_record,
+        a_recovered_call_is_recorded_once,
+    );
+
+    async fn reserve(ledger: &dyn Ledger, customer: &CustomerId, key: &str, at: i64) -> i64 {
+        let outcome = ledger
+            .reserve(&Reservation {
+                customer_id: customer.clone(),
+                charge_key: ChargeKey::new(key),
+                call_id: CallId::new(format!("call_{key}")),
+                amount: 2,
+                plan_id: "starter".into(),
+                tool: Some("echo".into()),
+                at: UnixMillis(DAY0 + at),
+            })
+            .await
+            .expect("reserve");
+        match outcome {
+            ReserveOutcome::Reserved { attempt, .. } => attempt,
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+
+    async fn settle(
+        ledger: &dyn Ledger,
+        customer: &CustomerId,
+        key: &str,
+        attempt: i64,
+        refund: Option<&str>,
+        at: i64,
+    ) -> SettleOutcome {
+        ledger
+            .settle(&Settlement {
+                customer_id: customer.clone(),
+                charge_key: ChargeKey::new(key),
+                attempt,
+                actual: 2,
+                refund_reason: refund.map(Into::into),
+                at: UnixMillis(DAY0 + at),
+            })
+            .await
+            .expect("settle")
+    }
+
+    async fn held(ledger: &dyn Ledger, before: i64, limit: u32) -> Vec<(String, i64)> {
+        ledger
+            .held_reservations(UnixMillis(DAY0 + before), limit)
+            .await
+            .expect("held reservations")
+            .into_iter()
+            .map(|h| (h.charge_key.to_string(), h.attempt))
+            .collect()
+    }
+
+    async fn unrecorded(ledger: &dyn Ledger, since: UnixMillis, before: i64) -> Vec<String> {
+        ledger
+            .unrecorded_charges(since, UnixMillis(DAY0 + before), 100)
+            .await
+            .expect("unrecorded charges")
+            .into_iter()
+            .map(|c| c.call_id.to_string())
+            .collect()
+    }
+
+    async fn held_reservations_are_oldest_first_before_the_horizon(db: TestDb) {
+        let store = db.open().await;
+        let ledger: &dyn Ledger = &*store;
+        let a = new_customer(&store, "a").await;
+        let b = new_customer(&store, "b").await;
+        operator_grant(ledger, &a, 100, "a-start").await;
+        operator_grant(ledger, &b, 100, "b-start").await;
+        reserve(ledger, &a, "k1", 3_000).await;
+        reserve(ledger, &b, "k2", 1_000).await;
+        reserve(ledger, &a, "k3", 2_000).await;
+        reserve(ledger, &a, "k4", 5_000).await;
+        settle(ledger, &a, "k3", 1, None, 2_500).await;
+
+        // Oldest first, strictly before the horizon, settled ones left out.
+        assert_eq!(
+            held(ledger, 5_000, 10).await,
+            [("k2".to_owned(), 1), ("k1".to_owned(), 1)]
+        );
+        assert_eq!(held(ledger, 5_001, 1).await, [("k2".to_owned(), 1)]);
+        assert!(held(ledger, 1_000, 10).await.is_empty());
+        let all = ledger
+            .held_reservations(UnixMillis(DAY0 + 1_001), 10)
+            .await
+            .expect("held");
+        assert_eq!(
+            all,
+            [HeldReservation {
+                customer_id: b.clone(),
+                charge_key: ChargeKey::new("k2"),
+                attempt: 1,
+                call_id: CallId::new("call_k2"),
+                amount: 2,
+                plan_id: "starter".into(),
+                tool: Some("echo".into()),
+                reserved_at: UnixMillis(DAY0 + 1_000),
+            }]
+        );
+
+        // Refunded as abandoned it is no longer held, once; the call may
+        // reserve again, and that attempt is held from its own time.
+        assert!(matches!(
+            settle(ledger, &a, "k1", 1, Some("abandoned"), 9_000).await,
+            SettleOutcome::Applied { returned: 2, .. }
+        ));
+        assert_eq!(
+            settle(ledger, &a, "k1", 1, None, 9_001).await,
+            SettleOutcome::AlreadySettled
+        );
+        assert_eq!(
+            held(ledger, 9_000, 10).await,
+            [("k2".to_owned(), 1), ("k4".to_owned(), 1)]
+        );
+        assert_eq!(reserve(ledger, &a, "k1", 10_000).await, 2);
+        assert_eq!(
+            held(ledger, 20_000, 10).await,
+            [
+                ("k2".to_owned(), 1),
+                ("k4".to_owned(), 1),
+                ("k1".to_owned(), 2)
+            ]
+        );
+        assert_eq!(ledger.balance(&a).await.expect("balance"), 100 - 2 - 2 - 2);
+    }
+
+    /// Settles `key` (reserved at `at`) at `at + 500`.
+    async fn charged(ledger: &dyn Ledger, customer: &CustomerId, key: &str, at: i64) {
+        let attempt = reserve(ledger, customer, key, at).await;
+        settle(ledger, customer, key, attempt, None, at + 500).await;
+    }
+
+    async fn record_real(store: &Arc<dyn Store>, customer: &CustomerId, key: &str, at: i64) {
+        let sink: &dyn UsageSink = &**store;
+        sink.record_usage(&[UsageRecord {
+            call_id: CallId::new(format!("call_{key}")),
+            customer_id: Some(customer.clone()),
+            key_id: None,
+            session_id: None,
+            method: "tools/call".into(),
+            tool: Some("echo".into()),
+            started_at: UnixMillis(DAY0 + at),
+            duration_us: 1_000,
+            bytes_in: 10,
+            bytes_out: 20,
+            outcome: UsageOutcome::Ok,
+            reason: None,
+            units: 1,
+        }])
+        .await
+        .expect("record usage");
+    }
+
+    async fn unrecorded_charges_are_settled_calls_without_a_record(db: TestDb) {
+        let store = db.open().await;
+        let ledger: &dyn Ledger = &*store;
+        let a = new_customer(&store, "a").await;
+        operator_grant(ledger, &a, 100, "start").await;
+        charged(ledger, &a, "c1", 500).await; // settled at 1,000
+        charged(ledger, &a, "c2", 1_500).await; // settled at 2,000, recorded
+        charged(ledger, &a, "c3", 2_500).await; // settled at 3,000
+        reserve(ledger, &a, "c4", 100).await; // still held
+        let attempt = reserve(ledger, &a, "c5", 200).await;
+        settle(ledger, &a, "c5", attempt, Some("error"), 1_200).await; // refunded
+        record_real(&store, &a, "c2", 1_500).await;
+
+        assert_eq!(
+            unrecorded(ledger, EVERYTHING, 10_000).await,
+            ["call_c1", "call_c3"]
+        );
+        // The horizon is strict, `since` inclusive.
+        assert_eq!(unrecorded(ledger, EVERYTHING, 3_000).await, ["call_c1"]);
+        assert_eq!(
+            unrecorded(ledger, UnixMillis(DAY0 + 3_000), 10_000).await,
+            ["call_c3"]
+        );
+        assert!(
+            unrecorded(ledger, UnixMillis(DAY0 + 3_001), 10_000)
+                .await
+                .is_empty()
+        );
+        let first = ledger
+            .unrecorded_charges(EVERYTHING, UnixMillis(DAY0 + 10_000), 1)
+            .await
+            .expect("unrecorded");
+        assert_eq!(
+            first,
+            [UnrecordedCharge {
+                customer_id: a.clone(),
+                call_id: CallId::new("call_c1"),
+                plan_id: "starter".into(),
+                tool: Some("echo".into()),
+                amount: 2,
+                settled_at: UnixMillis(DAY0 + 1_000),
+            }]
+        );
+    }
+
+    async fn a_recovered_call_is_recorded_once(db: TestDb) {
+        let store = db.open().await;
+        let ledger: &dyn Ledger = &*store;
+        let a = new_customer(&store, "a").await;
+        operator_grant(ledger, &a, 100, "start").await;
+        charged(ledger, &a, "c1", 500).await;
+        charged(ledger, &a, "c2", 1_500).await;
+        record_real(&store, &a, "c2", 1_500).await;
+        let lost = ledger
+            .unrecorded_charges(EVERYTHING, UnixMillis(DAY0 + 10_000), 10)
+            .await
+            .expect("unrecorded");
+        assert_eq!(lost.len(), 1, "{lost:?}");
+
+        assert!(
+            ledger
+                .record_recovered_call(&lost[0])
+                .await
+                .expect("record")
+        );
+        assert!(!ledger.record_recovered_call(&lost[0]).await.expect("again"));
+        assert!(
+            unrecorded(ledger, EVERYTHING, 10_000).await.is_empty(),
+            "nothing is left to recover"
+        );
+        // A call with its own record keeps it.
+        let c2 = UnrecordedCharge {
+            call_id: CallId::new("call_c2"),
+            ..lost[0].clone()
+        };
+        assert!(!ledger.record_recovered_call(&c2).await.expect("recorded"));
+
+        let filter = UsageFilter {
+            customer: Some(a.clone()),
+            since: None,
+            until: None,
+            limit: 100,
+        };
+        let records = store.usage_records(&filter).await.expect("records");
+        let outcomes: Vec<(&str, UsageOutcome)> = records
+            .iter()
+            .map(|r| (r.call_id.as_str(), r.outcome))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                ("call_c1", UsageOutcome::Recovered),
+                ("call_c2", UsageOutcome::Ok)
+            ]
+        );
+        let recovered = &records[0];
+        assert_eq!(recovered.customer_id.as_ref(), Some(&a));
+        assert_eq!(recovered.method, "tools/call");
+        assert_eq!(recovered.tool.as_deref(), Some("echo"));
+        assert_eq!(recovered.started_at, UnixMillis(DAY0 + 1_000));
+        assert_eq!(
+            (
+                recovered.duration_us,
+                recovered.bytes_in,
+                recovered.bytes_out
+            ),
+            (0, 0, 0)
+        );
+        assert_eq!(recovered.units, 1);
+        assert_eq!(
+            recovered.reason.as_deref(),
+            Some("recovered from the ledger after an unclean stop")
+        );
+        // The roll-up counts it as a call, not an error.
+        let daily = store.usage_daily(&filter).await.expect("daily");
+        assert_eq!(daily.len(), 1, "{daily:?}");
+        assert_eq!((daily[0].calls, daily[0].errors, daily[0].units), (2, 0, 2));
+    }
 }

@@ -197,9 +197,14 @@ async fn ledger_migration_is_applied(db: TestDb) {
         .collect();
     assert_eq!(
         applied,
-        [(1, "initial"), (2, "ledger"), (3, "billing models")]
+        [
+            (1, "initial"),
+            (2, "ledger"),
+            (3, "billing models"),
+            (4, "stripe webhooks")
+        ]
     );
-    assert_eq!(report.current_version(), 3);
+    assert_eq!(report.current_version(), 4);
     // The store is a ledger (trait upcasting, no helper needed).
     let store = db.open().await;
     let ledger: Arc<dyn Ledger> = store;

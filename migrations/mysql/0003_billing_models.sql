@@ -97,3 +97,7 @@ CREATE TABLE meter_outbox (
     INDEX meter_outbox_customer_id (customer_id, id),
     CONSTRAINT meter_outbox_customer FOREIGN KEY (customer_id) REFERENCES customers (id)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- Reservations still held and settled calls by when they last changed: the
+-- recovery sweep after an unclean stop looks for old ones.
+CREATE INDEX call_charges_state ON call_charges (state, updated_at);

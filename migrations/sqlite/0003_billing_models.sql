@@ -101,3 +101,7 @@ CREATE TABLE meter_outbox (
 
 CREATE INDEX meter_outbox_due ON meter_outbox (status, next_attempt_at, id);
 CREATE INDEX meter_outbox_customer_id ON meter_outbox (customer_id, id);
+
+-- Reservations still held and settled calls by when they last changed: the
+-- recovery sweep after an unclean stop looks for old ones.
+CREATE INDEX call_charges_state ON call_charges (state, updated_at);

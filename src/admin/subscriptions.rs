@@ -63,6 +63,7 @@ pub async fn run(args: &DatabaseArgs, action: &SubscriptionsAction) -> Result<()
                 current_period,
                 external_id: external_id.clone(),
                 at: UnixMillis::now(),
+                provider_event_at: None,
             };
             let store = open_store(args).await?;
             let subscription = store.set_subscription(&change).await?;

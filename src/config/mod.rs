@@ -99,6 +99,10 @@ pub struct Config {
     /// Request-rate and concurrency limits per customer, by plan (the
     /// `rate_limit` plugin).
     pub rate_limits: Option<mcp_meter_rate_limit::RateLimitConfig>,
+    /// Stripe: the webhook endpoint's secrets and how Stripe's prices map
+    /// to plans and credit packs. Without it `POST /webhooks/stripe`
+    /// answers `404`.
+    pub stripe: Option<crate::stripe::StripeConfig>,
 }
 
 impl Config {

@@ -39,6 +39,14 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             "server.mcp_path",
             format!("{:?} must start with '/'", server.mcp_path),
         );
+    } else if server.mcp_path == crate::stripe::webhook::PATH {
+        problem(
+            "server.mcp_path",
+            format!(
+                "{:?} is the Stripe webhook endpoint; choose another path",
+                server.mcp_path
+            ),
+        );
     }
     for (i, origin) in server.allowed_origins.iter().enumerate() {
         if origin != "*" && reqwest::Url::parse(origin).is_err() {
@@ -144,6 +152,18 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         problem(&path, message);
     }
     billing_problems(config, &mut problem);
+    if let Some(stripe) = &config.stripe {
+        let plans: Vec<(&str, &str)> = config
+            .plans
+            .iter()
+            .map(|plan| (plan.id.as_str(), plan.model.as_str()))
+            .collect();
+        for (path, message) in
+            crate::stripe::config::problems(stripe, &plans, config.database.is_some())
+        {
+            problem(&path, message);
+        }
+    }
     if let Some(limits) = &config.rate_limits {
         for found in limits.validate() {
             let found = found.under("rate_limits");
@@ -196,6 +216,23 @@ fn billing_problems(config: &Config, problem: &mut impl FnMut(&str, String)) {
             "plans",
             "billing needs a [database] for customers and the ledger (e.g. url = \"sqlite://mcp-meter.db\")"
                 .into(),
+        );
+    }
+    let abandon_after = config.billing.abandon_reservations_after_secs();
+    let request_timeout = config.server.request_timeout_secs;
+    if abandon_after <= request_timeout {
+        let set = if config.billing.abandon_reservations_after_secs.is_some() {
+            ""
+        } else {
+            " (the default)"
+        };
+        problem(
+            "billing.abandon_reservations_after_secs",
+            format!(
+                "{abandon_after}{set} must be greater than [server] request_timeout_secs \
+                 ({request_timeout}): a reservation younger than the longest call may still be \
+                 in flight, and would be refunded as abandoned"
+            ),
         );
     }
     let order = config.plugin_order();
@@ -251,5 +288,42 @@ mod tests {
         assert!(resolve_command("/bin/sh", None).is_some());
         assert!(resolve_command("surely-not-a-command-xyz", None).is_none());
         assert!(resolve_command("./nope", Some(Path::new("/"))).is_none());
+    }
+
+    /// The problems of a billing configuration with `server` and
+    /// `billing` keys, at `billing.abandon_reservations_after_secs`.
+    fn abandon_problems(server: &str, billing: &str) -> Vec<String> {
+        let text = format!(
+            "[server]\n{server}\n[upstream]\ncommand = \"sh\"\n\
+             [database]\nurl = \"sqlite://x.db\"\n[billing]\n{billing}\n\
+             [[plans]]\nid = \"p\"\nmodel = \"credits\"\n[plans.prices]\ndefault = 1\n"
+        );
+        let config = Config::parse_str(&text, "test", &|_| None).expect("parses");
+        validate(&config)
+            .into_iter()
+            .filter(|p| p.path == "billing.abandon_reservations_after_secs")
+            .map(|p| p.message)
+            .collect()
+    }
+
+    #[test]
+    fn reservations_are_abandoned_only_after_the_longest_call() {
+        assert!(abandon_problems("", "").is_empty(), "900 > 300 by default");
+        assert!(
+            abandon_problems(
+                "request_timeout_secs = 2",
+                "abandon_reservations_after_secs = 3"
+            )
+            .is_empty()
+        );
+        let equal = abandon_problems("", "abandon_reservations_after_secs = 300");
+        assert_eq!(equal.len(), 1, "{equal:?}");
+        assert!(equal[0].contains("request_timeout_secs (300)"), "{equal:?}");
+        let by_default = abandon_problems("request_timeout_secs = 1200", "");
+        assert_eq!(by_default.len(), 1, "{by_default:?}");
+        assert!(
+            by_default[0].starts_with("900 (the default)"),
+            "{by_default:?}"
+        );
     }
 }

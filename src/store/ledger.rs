@@ -2,9 +2,10 @@
 //! reservations and their settlement (`credits`), charges accrued to a bill
 //! and quota counters (`quota`), quota taken and given back per logical
 //! call (`quota_use`), metered usage with its outbox event (`metered`),
-//! plans' periodic credit grants (`grants`), and the append-only
-//! `ledger_entries` that record every movement. The reads live here, with
-//! what the writes share.
+//! plans' periodic credit grants (`grants`), what an unclean stop left
+//! behind — reservations still held, settled calls without a usage record
+//! (`recovery`) —, and the append-only `ledger_entries` that record every
+//! movement. The reads live here, with what the writes share.
 //!
 //! Every write is one transaction begun with [`Driver::BEGIN_WRITE`]. It
 //! first reads, locked ([`Driver::FOR_UPDATE`]), the one row that decides
@@ -37,6 +38,7 @@ mod grants;
 mod metered;
 mod quota;
 mod quota_use;
+mod recovery;
 
 use std::future::Future;
 use std::time::Duration;
@@ -57,6 +59,7 @@ pub(super) use grants::periodic_grant;
 pub(super) use metered::meter_usage;
 pub(super) use quota::{accrue, step_counter};
 pub(super) use quota_use::{release_quota, take_quota};
+pub(super) use recovery::{held_reservations, record_recovered_call, unrecorded_charges};
 
 /// How many times in all a write is tried while it keeps losing races.
 const ATTEMPTS: u32 = 8;

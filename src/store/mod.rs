@@ -40,6 +40,7 @@ mod sqlite;
 mod statement;
 mod subscriptions;
 mod usage;
+mod webhooks;
 
 use std::fmt;
 
@@ -50,13 +51,14 @@ use mcp_meter_plugin::identity::{
 use mcp_meter_plugin::ledger::Ledger;
 use mcp_meter_plugin::outbox::MeterOutbox;
 use mcp_meter_plugin::ports::{CustomerDirectory, NewCustomer, StoreError, UsageRecord, UsageSink};
-use mcp_meter_plugin::subscription::Subscriptions;
+use mcp_meter_plugin::subscription::{Subscription, SubscriptionChange, Subscriptions};
 use serde::Serialize;
 
 pub use error::OpenError;
 pub use open::{migrate, open};
 pub use options::{StoreOptions, redact_url};
 pub use schema::{MigrationReport, MigrationVersion};
+pub use webhooks::{NewWebhookEvent, WebhookEvent, WebhookFilter, WebhookStatus};
 
 /// Which database engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -134,7 +136,7 @@ pub struct DailyUsage {
     pub tool: Option<String>,
     /// Number of calls.
     pub calls: i64,
-    /// Calls whose outcome was not `ok`.
+    /// Calls whose outcome was neither `ok` nor `recovered`.
     pub errors: i64,
     /// Metered units.
     pub units: i64,
@@ -152,7 +154,9 @@ pub struct DailyUsage {
 /// takes (`Arc<dyn Ledger>`, `Arc<dyn Subscriptions>`,
 /// `Arc<dyn MeterOutbox>`, …) by trait upcasting.
 #[async_trait]
-pub trait Store: CustomerDirectory + UsageSink + Ledger + Subscriptions + MeterOutbox {
+pub trait Store:
+    CustomerDirectory + UsageSink + Ledger + Subscriptions + MeterOutbox + WebhookStore
+{
     /// The database engine behind this store.
     fn backend(&self) -> Backend;
 
@@ -198,4 +202,75 @@ pub trait Store: CustomerDirectory + UsageSink + Ledger + Subscriptions + MeterO
 
     /// Daily roll-ups, ordered by day, customer, method and tool.
     async fn usage_daily(&self, filter: &UsageFilter) -> Result<Vec<DailyUsage>, StoreError>;
+}
+
+/// What the payment provider's webhooks need from the store: the events,
+/// each stored once by its id and processed from here, and the customers
+/// they name by the provider's customer id.
+#[async_trait]
+pub trait WebhookStore: Send + Sync + 'static {
+    /// Stores an event unless one with its id is already stored; `true`
+    /// when stored now. A redelivery, or a concurrent delivery of the same
+    /// event, is `false`, never an error.
+    async fn insert_webhook_event(&self, new: &NewWebhookEvent) -> Result<bool, StoreError>;
+
+    /// The stored event with this id.
+    async fn webhook_event(&self, id: &str) -> Result<Option<WebhookEvent>, StoreError>;
+
+    /// Pending events due at `now` (`next_attempt_at <= now`), oldest first
+    /// by the provider's event time, at most `limit`.
+    async fn due_webhook_events(
+        &self,
+        now: UnixMillis,
+        limit: u32,
+    ) -> Result<Vec<WebhookEvent>, StoreError>;
+
+    /// Marks a pending event processed at `at` (a processed or failed event
+    /// stays as it is).
+    async fn mark_webhook_event_processed(
+        &self,
+        id: &str,
+        at: UnixMillis,
+    ) -> Result<(), StoreError>;
+
+    /// Records a failed attempt of a pending event: `attempts` goes up, the
+    /// error is kept, and the event is due again at `retry_at`, or `failed`
+    /// for good when `None`.
+    async fn mark_webhook_event_failed(
+        &self,
+        id: &str,
+        error: &str,
+        retry_at: Option<UnixMillis>,
+    ) -> Result<(), StoreError>;
+
+    /// Stored events matching `filter`, by id ascending.
+    async fn webhook_events(&self, filter: &WebhookFilter)
+    -> Result<Vec<WebhookEvent>, StoreError>;
+
+    /// The customer with this Stripe customer id (`cus_…` at Stripe);
+    /// [`StoreError::Conflict`] if several customers have it.
+    async fn find_customer_by_stripe_id(
+        &self,
+        stripe_id: &str,
+    ) -> Result<Option<Customer>, StoreError>;
+
+    /// Records the customer's Stripe customer id unless they already have
+    /// one; `true` when recorded now. [`StoreError::NotFound`] if there is
+    /// no such customer.
+    async fn attach_stripe_customer(
+        &self,
+        id: &CustomerId,
+        stripe_id: &str,
+        at: UnixMillis,
+    ) -> Result<bool, StoreError>;
+
+    /// Applies a provider's change that ends a subscription (as
+    /// [`Subscriptions::set_subscription`], older events ignored) and moves
+    /// the customer to `plan_after` instead of the subscription's plan, in
+    /// one transaction.
+    async fn end_subscription(
+        &self,
+        change: &SubscriptionChange,
+        plan_after: &str,
+    ) -> Result<Subscription, StoreError>;
 }

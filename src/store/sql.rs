@@ -9,9 +9,9 @@ use mcp_meter_plugin::identity::{
 };
 use mcp_meter_plugin::ledger::{
     Accrual, AccrueOutcome, BalanceChange, ChangeOutcome, CounterOutcome, CounterStep,
-    GrantOutcome, Ledger, LedgerEntry, LedgerFilter, MeterOutcome, MeteredUsage, PeriodicGrant,
-    QuotaOutcome, QuotaRelease, QuotaTake, ReleaseOutcome, Reservation, ReserveOutcome,
-    SettleOutcome, Settlement,
+    GrantOutcome, HeldReservation, Ledger, LedgerEntry, LedgerFilter, MeterOutcome, MeteredUsage,
+    PeriodicGrant, QuotaOutcome, QuotaRelease, QuotaTake, ReleaseOutcome, Reservation,
+    ReserveOutcome, SettleOutcome, Settlement, UnrecordedCharge,
 };
 use mcp_meter_plugin::outbox::{MeterEvent, MeterOutbox, OutboxFilter};
 use mcp_meter_plugin::ports::{
@@ -28,6 +28,7 @@ use super::{
     Backend, DailyUsage, NewApiKey, Store, UsageFilter, customers, keys, ledger, outbox,
     subscriptions, usage,
 };
+use super::{NewWebhookEvent, WebhookEvent, WebhookFilter, WebhookStore, webhooks};
 
 /// The store over a pool of one backend.
 pub(super) struct SqlStore<DB: Driver> {
@@ -94,7 +95,7 @@ impl<DB: Driver> CustomerDirectory for SqlStore<DB> {
 impl<DB: Driver> UsageSink for SqlStore<DB> {
     async fn record_usage(&self, batch: &[UsageRecord]) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
-        done::<DB, _>(usage::record(&self.pool, batch).await)
+        done::<DB, _>(usage::record(&self.pool, batch).await.map(drop))
     }
 }
 
@@ -160,6 +161,28 @@ impl<DB: Driver> Ledger for SqlStore<DB> {
     async fn periodic_grant(&self, grant: &PeriodicGrant) -> Result<GrantOutcome, StoreError> {
         let _turn = self.write_turn().await;
         done::<DB, _>(ledger::periodic_grant(&self.pool, grant).await)
+    }
+
+    async fn held_reservations(
+        &self,
+        before: UnixMillis,
+        limit: u32,
+    ) -> Result<Vec<HeldReservation>, StoreError> {
+        done::<DB, _>(ledger::held_reservations(&self.pool, before, limit).await)
+    }
+
+    async fn unrecorded_charges(
+        &self,
+        since: UnixMillis,
+        before: UnixMillis,
+        limit: u32,
+    ) -> Result<Vec<UnrecordedCharge>, StoreError> {
+        done::<DB, _>(ledger::unrecorded_charges(&self.pool, since, before, limit).await)
+    }
+
+    async fn record_recovered_call(&self, charge: &UnrecordedCharge) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(ledger::record_recovered_call(&self.pool, charge).await)
     }
 }
 
@@ -278,5 +301,77 @@ impl<DB: Driver> Store for SqlStore<DB> {
 
     async fn usage_daily(&self, filter: &UsageFilter) -> Result<Vec<DailyUsage>, StoreError> {
         done::<DB, _>(usage::daily(&self.pool, filter).await)
+    }
+}
+
+#[async_trait]
+impl<DB: Driver> WebhookStore for SqlStore<DB> {
+    async fn insert_webhook_event(&self, new: &NewWebhookEvent) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(webhooks::insert(&self.pool, new).await)
+    }
+
+    async fn webhook_event(&self, id: &str) -> Result<Option<WebhookEvent>, StoreError> {
+        done::<DB, _>(webhooks::find(&self.pool, id).await)
+    }
+
+    async fn due_webhook_events(
+        &self,
+        now: UnixMillis,
+        limit: u32,
+    ) -> Result<Vec<WebhookEvent>, StoreError> {
+        done::<DB, _>(webhooks::due(&self.pool, now, limit).await)
+    }
+
+    async fn mark_webhook_event_processed(
+        &self,
+        id: &str,
+        at: UnixMillis,
+    ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(webhooks::mark_processed(&self.pool, id, at).await)
+    }
+
+    async fn mark_webhook_event_failed(
+        &self,
+        id: &str,
+        error: &str,
+        retry_at: Option<UnixMillis>,
+    ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(webhooks::mark_failed(&self.pool, id, error, retry_at).await)
+    }
+
+    async fn webhook_events(
+        &self,
+        filter: &WebhookFilter,
+    ) -> Result<Vec<WebhookEvent>, StoreError> {
+        done::<DB, _>(webhooks::list(&self.pool, filter).await)
+    }
+
+    async fn find_customer_by_stripe_id(
+        &self,
+        stripe_id: &str,
+    ) -> Result<Option<Customer>, StoreError> {
+        done::<DB, _>(webhooks::find_customer_by_stripe_id(&self.pool, stripe_id).await)
+    }
+
+    async fn attach_stripe_customer(
+        &self,
+        id: &CustomerId,
+        stripe_id: &str,
+        at: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(webhooks::attach_stripe_customer(&self.pool, id, stripe_id, at).await)
+    }
+
+    async fn end_subscription(
+        &self,
+        change: &SubscriptionChange,
+        plan_after: &str,
+    ) -> Result<Subscription, StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(subscriptions::end(&self.pool, change, plan_after).await)
     }
 }

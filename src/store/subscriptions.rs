@@ -5,15 +5,22 @@
 //! A change is one transaction that first locks the customer's row (which
 //! it changes too: the customer's plan follows the subscription), so the
 //! changes of one customer queue there, also before their subscription row
-//! exists, and each is computed from the latest one. This module must
-//! never leave the customer's plan and their subscription's plan apart.
+//! exists, and each is computed from the latest one. A change from the
+//! payment provider carries its event's time; one older than the event last
+//! applied (`provider_event_at`) is ignored in the same transaction, so
+//! events delivered out of order end in the newest state. This module must
+//! never leave the customer's plan and their subscription's plan apart,
+//! except when a provider ends a subscription and the customer moves to
+//! the plan configured for after a cancellation ([`end`]).
 
 use mcp_meter_plugin::identity::CustomerId;
 use mcp_meter_plugin::ports::StoreError;
 use mcp_meter_plugin::subscription::{Subscription, SubscriptionChange, SubscriptionStatus};
 use sqlx::Pool;
 
-use super::driver::Driver;
+use mcp_meter_plugin::identity::UnixMillis;
+
+use super::driver::{Driver, Read};
 use super::error::Fault;
 use super::ledger::{not_found, refused, retrying};
 use super::rollup::TEXT_MAX_CHARS;
@@ -36,6 +43,29 @@ async fn read<DB: Driver>(
     }
 }
 
+/// The customer's subscription row and the time of the last provider event
+/// applied to it.
+async fn read_with_event_at<DB: Driver>(
+    conn: &mut DB::Connection,
+    customer: &CustomerId,
+) -> Result<Option<(Subscription, Option<UnixMillis>)>, sqlx::Error> {
+    let mut statement = Statement::<DB>::new("SELECT ");
+    statement
+        .push(SUBSCRIPTION_COLUMNS)
+        .push(", provider_event_at FROM subscriptions WHERE customer_id = ")
+        .bind(customer.as_str());
+    match statement.fetch_optional(conn).await? {
+        Some(row) => Ok(Some((
+            rows::subscription(&row)?,
+            row.opt_int(SUBSCRIPTION_WIDTH)?.map(UnixMillis),
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// How many columns [`SUBSCRIPTION_COLUMNS`] lists.
+const SUBSCRIPTION_WIDTH: usize = 9;
+
 /// The customer's subscription, if they ever had one.
 pub(super) async fn find<DB: Driver>(
     pool: &Pool<DB>,
@@ -50,6 +80,33 @@ pub(super) async fn set<DB: Driver>(
     pool: &Pool<DB>,
     change: &SubscriptionChange,
 ) -> Result<Subscription, Fault> {
+    check(change)?;
+    retrying::<DB, _, _, _>("subscription change", || set_once(pool, change, None)).await
+}
+
+/// Like [`set`] (a provider ending a subscription: `change` is usually
+/// `canceled`), but the customer's plan becomes `plan_after` instead of the
+/// subscription's plan. An ignored (older) change leaves the plan alone.
+pub(super) async fn end<DB: Driver>(
+    pool: &Pool<DB>,
+    change: &SubscriptionChange,
+    plan_after: &str,
+) -> Result<Subscription, Fault> {
+    check(change)?;
+    let plan_chars = plan_after.chars().count();
+    if plan_chars == 0 || plan_chars > TEXT_MAX_CHARS {
+        return Err(refused(format!(
+            "a plan id has 1 to {TEXT_MAX_CHARS} characters, not {plan_chars}"
+        )));
+    }
+    retrying::<DB, _, _, _>("subscription end", || {
+        set_once(pool, change, Some(plan_after))
+    })
+    .await
+}
+
+/// Refuses a change the schema cannot hold.
+fn check(change: &SubscriptionChange) -> Result<(), Fault> {
     let plan_chars = change.plan_id.chars().count();
     if plan_chars == 0 || plan_chars > TEXT_MAX_CHARS {
         return Err(refused(format!(
@@ -72,12 +129,15 @@ pub(super) async fn set<DB: Driver>(
             end.0, start.0
         )));
     }
-    retrying::<DB, _, _, _>("subscription change", || set_once(pool, change)).await
+    Ok(())
 }
 
+/// One attempt of a change; the customer's plan becomes `customer_plan`, or
+/// the subscription's plan when `None`.
 async fn set_once<DB: Driver>(
     pool: &Pool<DB>,
     c: &SubscriptionChange,
+    customer_plan: Option<&str>,
 ) -> Result<Subscription, Fault> {
     let customer = &c.customer_id;
     let mut tx = pool.begin_with(DB::BEGIN_WRITE).await?;
@@ -87,13 +147,31 @@ async fn set_once<DB: Driver>(
         tx.rollback().await?;
         return Err(not_found(customer));
     }
-    let stored = read::<DB>(&mut tx, customer).await?;
+    let (stored, stored_event_at) = match read_with_event_at::<DB>(&mut tx, customer).await? {
+        Some((subscription, event_at)) => (Some(subscription), event_at),
+        None => (None, None),
+    };
+    if let (Some(stored), Some(event_at), Some(applied)) =
+        (&stored, c.provider_event_at, stored_event_at)
+        && event_at < applied
+    {
+        // An older provider event than the one the row reflects: nothing
+        // changes.
+        tx.rollback().await?;
+        return Ok(stored.clone());
+    }
+    let event_at = match (c.provider_event_at, stored_event_at) {
+        (Some(new), Some(old)) => Some(new.max(old)),
+        (new, old) => new.or(old),
+    };
     let next = apply(stored.as_ref(), c);
 
     let write = match &stored {
         None => {
             let mut insert = Statement::<DB>::new("INSERT INTO subscriptions (");
-            insert.push(SUBSCRIPTION_COLUMNS).push(") VALUES ");
+            insert
+                .push(SUBSCRIPTION_COLUMNS)
+                .push(", provider_event_at) VALUES ");
             insert.tuples([&next], |row, s| {
                 row.bind(s.customer_id.as_str())
                     .bind(s.plan_id.as_str())
@@ -103,7 +181,8 @@ async fn set_once<DB: Driver>(
                     .bind(s.current_period_start)
                     .bind(s.current_period_end)
                     .bind(s.external_id.as_deref())
-                    .bind(s.updated_at);
+                    .bind(s.updated_at)
+                    .bind(event_at);
             });
             insert
         }
@@ -125,6 +204,8 @@ async fn set_once<DB: Driver>(
                 .bind(next.external_id.as_deref())
                 .push(", updated_at = ")
                 .bind(next.updated_at)
+                .push(", provider_event_at = ")
+                .bind(event_at)
                 .push(" WHERE customer_id = ")
                 .bind(customer.as_str());
             update
@@ -144,7 +225,7 @@ async fn set_once<DB: Driver>(
         Err(error) => return Err(error.into()),
     }
     let mut plan = Statement::<DB>::new("UPDATE customers SET plan_id = ");
-    plan.bind(c.plan_id.as_str())
+    plan.bind(customer_plan.unwrap_or(c.plan_id.as_str()))
         .push(", updated_at = ")
         .bind(c.at)
         .push(" WHERE id = ")
@@ -203,6 +284,7 @@ mod tests {
             current_period: None,
             external_id: None,
             at: UnixMillis(at),
+            provider_event_at: None,
         }
     }
 

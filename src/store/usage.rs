@@ -35,10 +35,12 @@ const USAGE_WIDTH: usize = 13;
 const DAILY_WIDTH: usize = 10;
 
 /// Stores a batch and adds it to the daily roll-ups, in one transaction.
+/// Returns how many records were inserted (those whose call id was not
+/// stored yet).
 pub(super) async fn record<DB: Driver>(
     pool: &Pool<DB>,
     batch: &[UsageRecord],
-) -> Result<(), Fault> {
+) -> Result<usize, Fault> {
     // One record per call id (the first wins), as the primary key demands.
     let mut seen = HashSet::with_capacity(batch.len());
     let batch: Vec<&UsageRecord> = batch
@@ -46,7 +48,7 @@ pub(super) async fn record<DB: Driver>(
         .filter(|r| seen.insert(r.call_id.as_str()))
         .collect();
     if batch.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let mut attempt = 1;
     loop {
@@ -63,7 +65,7 @@ pub(super) async fn record<DB: Driver>(
 async fn record_once<DB: Driver>(
     pool: &Pool<DB>,
     batch: &[&UsageRecord],
-) -> Result<(), sqlx::Error> {
+) -> Result<usize, sqlx::Error> {
     let mut tx = pool.begin_with(DB::BEGIN_WRITE).await?;
     let fresh = insert_new::<DB>(&mut tx, batch).await?;
     let groups: Vec<(DayKey<'_>, Totals)> = rollup::aggregate(fresh.iter().copied())
@@ -72,7 +74,8 @@ async fn record_once<DB: Driver>(
     for chunk in chunks(&groups, max_rows::<DB>(DAILY_WIDTH)) {
         add_to_daily::<DB>(&mut tx, chunk).await?;
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(fresh.len())
 }
 
 /// Inserts the records whose call id is not stored yet; returns them.

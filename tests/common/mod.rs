@@ -132,6 +132,13 @@ impl Proxy {
         }
     }
 
+    /// Kills the process with SIGKILL (no shutdown, nothing flushed) and
+    /// waits for it to be gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         // SAFETY: kill(2) with a pid we own and a valid signal number.

@@ -11,6 +11,9 @@
 //!   amounts and where to pay.
 //! * Money is integers: whole credits or micro-units of a currency
 //!   ([`money`]). Never floating point.
+//! * [`spawn_recovery`] starts the sweep that repairs what an unclean stop
+//!   left: reservations held by calls that will never end are refunded,
+//!   lost usage records of settled calls are written.
 //!
 //! Models: `per_call` (charge each successful call at its tier's price),
 //! `subscription` (an active subscription with included calls, then
@@ -54,6 +57,7 @@ mod refusal;
 mod retry;
 mod settle;
 mod subscription;
+mod sweeper;
 mod tools_list;
 mod usage;
 
@@ -61,3 +65,4 @@ pub use layer::{BillingLayer, BillingService};
 pub use meta::META_KEY;
 pub use plan::{Catalog, DEFAULT_REFUSAL_CODE};
 pub use refusal::REFUSAL_META_KEY;
+pub use sweeper::{ABANDONED, RecoverySettings, RoundReport, Sweeper, spawn_recovery};

@@ -573,6 +573,48 @@ pub enum GrantOutcome {
     AlreadyGranted,
 }
 
+/// A reservation still held: a `call_charges` row in state `reserved`,
+/// as [`Ledger::held_reservations`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldReservation {
+    /// Whose balance.
+    pub customer_id: CustomerId,
+    /// The logical call.
+    pub charge_key: ChargeKey,
+    /// The attempt that holds the reservation (settle it with this one).
+    pub attempt: i64,
+    /// The usage record of the call that reserved.
+    pub call_id: CallId,
+    /// Credits held.
+    pub amount: i64,
+    /// The plan the call is charged under.
+    pub plan_id: String,
+    /// The tool called.
+    pub tool: Option<String>,
+    /// When the reservation was made (the row's last change).
+    pub reserved_at: UnixMillis,
+}
+
+/// A settled call whose usage record is missing, as
+/// [`Ledger::unrecorded_charges`] finds it: its settlement was committed
+/// but the usage record, written behind the call, was lost (the process
+/// was killed before the recorder flushed it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnrecordedCharge {
+    /// Whose call.
+    pub customer_id: CustomerId,
+    /// The usage record the call's ledger entries name.
+    pub call_id: CallId,
+    /// The plan the call was charged under.
+    pub plan_id: String,
+    /// The tool called.
+    pub tool: Option<String>,
+    /// Credits reserved for the call (what a settlement may keep).
+    pub amount: i64,
+    /// When the call was settled (the row's last change).
+    pub settled_at: UnixMillis,
+}
+
 /// Which ledger entries to read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LedgerFilter {
@@ -641,6 +683,40 @@ pub trait Ledger: Send + Sync + 'static {
     /// `period-expiry:{plan}:{period_start}`), with the expiry of what
     /// does not carry over, in one transaction.
     async fn periodic_grant(&self, grant: &PeriodicGrant) -> Result<GrantOutcome, StoreError>;
+
+    /// Reservations still held whose row last changed before `before`,
+    /// oldest first, at most `limit`: calls reserved but neither settled
+    /// nor refunded (in flight, or abandoned when a process was killed).
+    /// Read only; the caller decides which to refund (with
+    /// [`Ledger::settle`], which applies once, so a call that was in fact
+    /// still running finds itself settled when it ends).
+    async fn held_reservations(
+        &self,
+        before: UnixMillis,
+        limit: u32,
+    ) -> Result<Vec<HeldReservation>, StoreError>;
+
+    /// Settled calls whose row last changed at or after `since` and
+    /// before `before` and whose `call_id` has no usage record, oldest
+    /// first, at most `limit`. Read only; [`Ledger::record_recovered_call`]
+    /// writes what is missing. `since` bounds the scan (settled rows are
+    /// the whole history of charged calls): a first look covers
+    /// everything (`UnixMillis(i64::MIN)`), later ones only what may have
+    /// changed since.
+    async fn unrecorded_charges(
+        &self,
+        since: UnixMillis,
+        before: UnixMillis,
+        limit: u32,
+    ) -> Result<Vec<UnrecordedCharge>, StoreError>;
+
+    /// Writes the usage record a settled call lost, with its daily
+    /// roll-up: customer, method `tools/call`, the tool, `started_at` =
+    /// `settled_at`, no duration or bytes, 1 unit and outcome
+    /// [`UsageOutcome::Recovered`](crate::ports::UsageOutcome::Recovered)
+    /// (a call, not an error). `true` when written now; `false` when the
+    /// call id already has a record (nothing changes).
+    async fn record_recovered_call(&self, charge: &UnrecordedCharge) -> Result<bool, StoreError>;
 }
 
 /// A shared [`Ledger`].

@@ -97,6 +97,10 @@ pub enum UsageOutcome {
     Timeout,
     /// The client cancelled the call.
     Cancelled,
+    /// Written after an unclean stop for a call the ledger charged but
+    /// whose record was lost: the call happened, its details (duration,
+    /// bytes, how it ended) are unknown.
+    Recovered,
 }
 
 impl UsageOutcome {
@@ -109,6 +113,7 @@ impl UsageOutcome {
             UsageOutcome::Refused => "refused",
             UsageOutcome::Timeout => "timeout",
             UsageOutcome::Cancelled => "cancelled",
+            UsageOutcome::Recovered => "recovered",
         }
     }
 
@@ -121,14 +126,15 @@ impl UsageOutcome {
             "refused" => UsageOutcome::Refused,
             "timeout" => UsageOutcome::Timeout,
             "cancelled" => UsageOutcome::Cancelled,
+            "recovered" => UsageOutcome::Recovered,
             _ => return None,
         })
     }
 
     /// Whether the call counts as an error in the roll-ups (anything but
-    /// `ok`).
+    /// `ok` and `recovered`: a recovered call was charged, so it served).
     pub fn is_error(&self) -> bool {
-        !matches!(self, UsageOutcome::Ok)
+        !matches!(self, UsageOutcome::Ok | UsageOutcome::Recovered)
     }
 }
 

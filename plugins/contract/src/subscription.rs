@@ -116,6 +116,11 @@ pub struct SubscriptionChange {
     pub external_id: Option<String>,
     /// When.
     pub at: UnixMillis,
+    /// The time of the payment provider's event this change comes from
+    /// (`None` for changes by the operator). A change older than the
+    /// provider event already applied to the subscription is ignored, so
+    /// events delivered out of order end in the newest state.
+    pub provider_event_at: Option<UnixMillis>,
 }
 
 /// Reads and sets subscriptions.
@@ -127,7 +132,9 @@ pub trait Subscriptions: Send + Sync + 'static {
 
     /// Creates or changes the customer's subscription and sets their plan,
     /// in one transaction; [`StoreError::NotFound`] if there is no such
-    /// customer.
+    /// customer. A change whose `provider_event_at` is older than that of
+    /// the last provider event applied is ignored: the stored subscription
+    /// comes back unchanged (and the customer's plan is left as it is).
     async fn set_subscription(
         &self,
         change: &SubscriptionChange,

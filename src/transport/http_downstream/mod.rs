@@ -14,6 +14,9 @@
 //! * `GET` opens the session's stream for server-initiated messages.
 //! * `DELETE` ends the session and its upstream.
 //!
+//! `POST /webhooks/stripe` receives Stripe's events (see
+//! [`crate::stripe::webhook`]).
+//!
 //! Refusals are HTTP statuses with a JSON-RPC error body the client can read.
 
 mod auth;
@@ -47,6 +50,7 @@ use crate::protocol::stateless as stateless_revision;
 use crate::protocol::{
     INVALID_REQUEST, Message, RequestId, framing, is_batch, methods, split_batch, version,
 };
+use crate::stripe::{StripeRuntime, webhook as stripe_webhook};
 
 #[derive(Clone)]
 struct AppState {
@@ -64,6 +68,12 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
         proxy: proxy.clone(),
     };
     let path = config.server.mcp_path.clone();
+    let stripe = proxy
+        .store()
+        .and_then(|store| StripeRuntime::new(config, store.clone(), proxy.shutdown_token()));
+    if let Some(stripe) = &stripe {
+        stripe.ensure_worker();
+    }
     Router::new()
         .route(&path, get(get_mcp).post(post_mcp).delete(delete_mcp))
         .route(
@@ -77,6 +87,7 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
+        .merge(stripe_webhook::routes(stripe))
 }
 
 /// Serves `router(proxy)` on `listener` until the proxy shuts down; in-flight

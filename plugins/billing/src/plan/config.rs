@@ -31,6 +31,26 @@ pub struct BillingConfig {
     /// price is always in the tool's `_meta`). Default `false`.
     #[serde(default)]
     pub price_in_description: bool,
+    /// After how many seconds a reservation still held is taken to be
+    /// abandoned (its process was killed mid-call) and refunded by the
+    /// recovery sweep, and a settled call still without a usage record
+    /// gets a recovered one. `None`:
+    /// [`DEFAULT_ABANDON_RESERVATIONS_AFTER_SECS`].
+    /// Must be longer than the longest call (`[server]
+    /// request_timeout_secs`): a younger reservation may still be in flight,
+    /// on this instance or another one on the same database.
+    pub abandon_reservations_after_secs: Option<u64>,
+}
+
+/// The default of `[billing] abandon_reservations_after_secs` (15 minutes).
+pub const DEFAULT_ABANDON_RESERVATIONS_AFTER_SECS: u64 = 900;
+
+impl BillingConfig {
+    /// `abandon_reservations_after_secs`, or its default.
+    pub fn abandon_reservations_after_secs(&self) -> u64 {
+        self.abandon_reservations_after_secs
+            .unwrap_or(DEFAULT_ABANDON_RESERVATIONS_AFTER_SECS)
+    }
 }
 
 /// How a refusal reaches the client.
