@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use common::db::TestDb;
 use common::{Proxy, RawClient, first_text};
+use mcp_meter_plugin::ports::CREDENTIAL_LEASE;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -124,8 +125,17 @@ async fn outage_and_recovery(db: TestDb) {
     assert_eq!(readyz(&proxy).await.0, 200);
 
     relay.cut();
+    // The key was read less than a lease ago: the call is served from
+    // memory (its usage record waits for the database).
+    let leased = client
+        .call_tool(json!(2), "echo", json!({"message": "leased"}))
+        .await
+        .response();
+    assert_eq!(first_text(&leased), "leased", "{leased}");
+    // Past the lease the key must be read again, and that is refused.
+    tokio::time::sleep(CREDENTIAL_LEASE).await;
     let during = client
-        .call_tool(json!(2), "echo", json!({"message": "during"}))
+        .call_tool(json!(3), "echo", json!({"message": "during"}))
         .await;
     assert_eq!(during.status, 503, "{during:?}");
     assert!(during.headers.contains_key("retry-after"));
@@ -161,7 +171,7 @@ async fn outage_and_recovery(db: TestDb) {
         .iter()
         .filter(|r| r["tool"] == "echo" && r["outcome"] == "ok")
         .count();
-    assert_eq!(ok_echoes, 2, "{records}");
+    assert_eq!(ok_echoes, 3, "{records}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ use mcp_meter_plugin::identity::{
     ApiKeyRecord, Customer, CustomerId, CustomerStatus, KeyId, KeyScope, UnixMillis,
 };
 use mcp_meter_plugin::ledger::{BalanceChange, EntryKind};
-use mcp_meter_plugin::ports::{NewCustomer, StoreError, UsageRecord};
+use mcp_meter_plugin::ports::{CREDENTIAL_LEASE, NewCustomer, StoreError, UsageRecord};
 use serde::Serialize;
 
 use crate::cli::{CustomersAction, DatabaseArgs, KeysAction};
@@ -122,6 +122,8 @@ pub async fn customers(args: &DatabaseArgs, action: &CustomersAction) -> Result<
             let customer = store
                 .set_customer_status(&customer_id(id)?, CustomerStatus::Suspended)
                 .await?;
+            // Instances may act on a customer they read up to a lease ago.
+            tokio::time::sleep(CREDENTIAL_LEASE).await;
             println!(
                 "customer {} suspended: its calls are refused from now on",
                 customer.id
@@ -201,6 +203,8 @@ pub async fn keys(args: &DatabaseArgs, action: &KeysAction) -> Result<(), AdminE
             let id = KeyId::parse(id)
                 .ok_or_else(|| AdminError::BadInput(format!("{id:?} is not a key id (key_…)")))?;
             let record = store.revoke_api_key(&id, UnixMillis::now()).await?;
+            // Instances may act on a key they read up to a lease ago.
+            tokio::time::sleep(CREDENTIAL_LEASE).await;
             println!(
                 "key {} ({}…) revoked: refused from the next call on",
                 record.id, record.prefix

@@ -6,6 +6,7 @@
 use mcp_meter_billing::Catalog;
 use mcp_meter_billing::plan::Model;
 use mcp_meter_plugin::identity::UnixMillis;
+use mcp_meter_plugin::ports::CREDENTIAL_LEASE;
 use mcp_meter_plugin::subscription::{Subscription, SubscriptionChange, SubscriptionStatus};
 use serde_json::json;
 
@@ -67,6 +68,9 @@ pub async fn run(args: &DatabaseArgs, action: &SubscriptionsAction) -> Result<()
             };
             let store = open_store(args).await?;
             let subscription = store.set_subscription(&change).await?;
+            // The customer's plan moved: instances may act on the plan they
+            // read up to a lease ago.
+            tokio::time::sleep(CREDENTIAL_LEASE).await;
             show(&subscription, *json);
             Ok(())
         }

@@ -3,9 +3,12 @@
 //!
 //! It is shared by the auth layer and by the HTTP transport, which asks it
 //! before a session exists so that it can answer `401` instead of opening
-//! one. Every check reads the key (or the JWT subject's customer) from the
-//! store by an indexed lookup, so a revocation or suspension made by any
-//! mcp-meter instance on the same database applies to the very next call.
+//! one. A key is read from the store by an indexed lookup and then kept
+//! for at most [`CREDENTIAL_LEASE`] ([`crate::key_cache`]); revoking a key
+//! or suspending a customer waits out that lease before it returns, so the
+//! change, made by any mcp-meter instance on the same database, applies to
+//! every call that starts after it. A JWT subject's customer is read on
+//! every call.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,12 +18,15 @@ use mcp_meter_plugin::Credentials;
 use mcp_meter_plugin::identity::{
     Caller, CredentialKind, Customer, CustomerId, CustomerStatus, KeyScope,
 };
+#[cfg(doc)]
+use mcp_meter_plugin::ports::CREDENTIAL_LEASE;
 use mcp_meter_plugin::ports::{NewCustomer, SharedClock, SharedDirectory, StoreError};
 
 use crate::config::{AuthConfig, UnknownSubject};
 use crate::failure::AuthFailure;
 use crate::jwt::{JwtConfigError, JwtVerifier};
 use crate::key::ApiKey;
+use crate::key_cache::KeyCache;
 use crate::last_used::LastUsed;
 
 /// Who a request comes from, once its credential is checked.
@@ -53,6 +59,7 @@ pub struct Authenticator {
     clock: SharedClock,
     jwt: Option<JwtVerifier>,
     last_used: LastUsed,
+    keys: KeyCache,
     resource_metadata_url: Option<String>,
 }
 
@@ -94,6 +101,7 @@ impl Authenticator {
             clock,
             jwt,
             last_used: LastUsed::default(),
+            keys: KeyCache::default(),
             resource_metadata_url,
         })
     }
@@ -226,9 +234,15 @@ impl Authenticator {
         let key = ApiKey::parse(token).map_err(|e| {
             AuthFailure::unauthenticated("malformed_api_key", "malformed_api_key", e.to_string())
         })?;
+        let hash = key.hash();
+        let now = self.clock.now();
+        if let Some(known) = self.keys.get(&hash, now) {
+            return Ok(known);
+        }
+        let read_at = std::time::Instant::now();
         let grant = self
             .directory
-            .find_key_by_hash(&key.hash())
+            .find_key_by_hash(&hash)
             .await
             .map_err(unavailable)?;
         let invalid = |reason| {
@@ -242,16 +256,23 @@ impl Authenticator {
         if grant.key.revoked_at.is_some() {
             return Err(invalid("key_revoked"));
         }
-        if !grant.key.is_usable_at(self.clock.now()) {
+        if !grant.key.is_usable_at(now) {
             return Err(invalid("key_expired"));
         }
-        Ok(Identified {
+        let known = Identified {
             caller: Arc::new(Caller {
                 customer: grant.customer,
                 credential: CredentialKind::ApiKey(grant.key.id),
             }),
             scope: grant.key.scope,
-        })
+        };
+        // A suspended customer's key is read every time, so resuming the
+        // customer applies to the next call at once.
+        if known.caller.customer.status == CustomerStatus::Active {
+            self.keys
+                .put(hash, read_at, known.clone(), grant.key.expires_at);
+        }
+        Ok(known)
     }
 
     async fn check_jwt(&self, token: &str) -> Result<Identified, AuthFailure> {

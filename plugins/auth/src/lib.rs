@@ -35,6 +35,7 @@ mod config;
 mod failure;
 pub mod jwt;
 pub mod key;
+mod key_cache;
 mod last_used;
 mod layer;
 

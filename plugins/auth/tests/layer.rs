@@ -14,6 +14,7 @@ use mcp_meter_plugin::identity::*;
 use mcp_meter_plugin::jsonrpc::Message;
 use mcp_meter_plugin::ports::*;
 use mcp_meter_plugin::{BoxMcpService, McpRequest, McpResponse, ProxyError};
+use serde_json::Value;
 use tower::{Layer, ServiceExt, service_fn};
 
 #[derive(Default)]
@@ -402,4 +403,85 @@ async fn a_transport_identity_is_used_without_a_second_lookup() {
     // the transport let it (it checks public methods itself).
     let (value, _) = send(&s, request).await;
     assert_eq!(value["result"]["who"], "anonymous");
+}
+
+#[tokio::test]
+async fn a_valid_key_is_read_once_per_lease_and_never_trusted_longer() {
+    let s = setup(AuthConfig::default());
+    let key = add_key(&s, CustomerStatus::Active, |_| {});
+    let served = |value: Value| value["result"]["who"] == "cus_test";
+    assert!(served(
+        send(&s, call("tools/call", Some("echo"), Some(key.expose())))
+            .await
+            .0
+    ));
+    // Within the lease the key is not read again: the store being down or
+    // the key revoked there changes nothing yet.
+    s.directory.down.store(true, Ordering::SeqCst);
+    assert!(served(
+        send(&s, call("tools/call", Some("echo"), Some(key.expose())))
+            .await
+            .0
+    ));
+    s.directory.down.store(false, Ordering::SeqCst);
+    for grant in s.directory.keys.lock().unwrap().values_mut() {
+        grant.key.revoked_at = Some(UnixMillis(5));
+    }
+    assert!(served(
+        send(&s, call("tools/call", Some("echo"), Some(key.expose())))
+            .await
+            .0
+    ));
+    // After it, the key is read again and the revocation applies.
+    tokio::time::sleep(CREDENTIAL_LEASE).await;
+    refused(
+        &s,
+        call("tools/call", Some("echo"), Some(key.expose())),
+        -32010,
+        "invalid_api_key",
+        "key_revoked",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn keys_that_fail_are_read_every_time() {
+    let s = setup(AuthConfig::default());
+    // A suspended customer's key: resuming applies to the next call.
+    let key = add_key(&s, CustomerStatus::Suspended, |_| {});
+    refused(
+        &s,
+        call("tools/call", Some("echo"), Some(key.expose())),
+        -32011,
+        "customer_suspended",
+        "customer_suspended",
+    )
+    .await;
+    for grant in s.directory.keys.lock().unwrap().values_mut() {
+        grant.customer.status = CustomerStatus::Active;
+    }
+    let (value, _) = send(&s, call("tools/call", Some("echo"), Some(key.expose()))).await;
+    assert_eq!(value["result"]["who"], "cus_test", "{value}");
+    // An unknown key that is then created works on its next call.
+    let later = ApiKey::generate();
+    refused(
+        &s,
+        call("tools/call", Some("echo"), Some(later.expose())),
+        -32010,
+        "invalid_api_key",
+        "key_unknown",
+    )
+    .await;
+    let grant = s
+        .directory
+        .keys
+        .lock()
+        .unwrap()
+        .values()
+        .next()
+        .cloned()
+        .unwrap();
+    s.directory.keys.lock().unwrap().insert(later.hash(), grant);
+    let (value, _) = send(&s, call("tools/call", Some("echo"), Some(later.expose()))).await;
+    assert_eq!(value["result"]["who"], "cus_test", "{value}");
 }

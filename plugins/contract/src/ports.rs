@@ -56,6 +56,13 @@ pub struct NewCustomer {
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
+/// How long an instance may act on a key or a customer it read from the
+/// store: the auth plugin keeps valid keys this long, so a customer's calls
+/// do not each read the store. A command that revokes a key or suspends a
+/// customer must wait this long after its write before it reports
+/// success; from then on every instance reads the change.
+pub const CREDENTIAL_LEASE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Who is who: what the auth plugin reads on a call.
 #[async_trait]
 pub trait CustomerDirectory: Send + Sync + 'static {
