@@ -18,14 +18,12 @@ use mcp_meter_plugin::ports::UsageRecord;
 use sqlx::Pool;
 
 use super::driver::{Driver, Read};
-use super::error::{Fault, is_lost_race};
+use super::error::Fault;
 use super::rollup::{self, DayKey, METHOD_MAX_CHARS, TEXT_MAX_CHARS, Totals, fit};
 use super::rows::{self, DAILY_COLUMNS, USAGE_COLUMNS};
 use super::statement::Statement;
 use super::{DailyUsage, UsageFilter};
 
-/// How many times in all a batch is tried while it keeps losing races.
-const ATTEMPTS: usize = 4;
 /// The most rows one INSERT carries (also under every backend's parameter
 /// limit).
 const MAX_ROWS: usize = 512;
@@ -50,16 +48,14 @@ pub(super) async fn record<DB: Driver>(
     if batch.is_empty() {
         return Ok(0);
     }
-    let mut attempt = 1;
-    loop {
-        match record_once(pool, &batch).await {
-            Err(error) if attempt < ATTEMPTS && is_lost_race::<DB>(&error) => {
-                tracing::debug!(%error, attempt, "usage batch lost a race; running it again");
-                attempt += 1;
-            }
-            outcome => return Ok(outcome?),
-        }
-    }
+    // Two writers of overlapping batches (two instances, or a batch sent
+    // again) can both find a call id unstored; the loser's insert fails on
+    // the primary key and runs again, after a short random pause, and then
+    // skips what the winner stored.
+    super::ledger::retrying::<DB, _, _, _>("usage batch", || async {
+        record_once(pool, &batch).await.map_err(Fault::Sql)
+    })
+    .await
 }
 
 async fn record_once<DB: Driver>(
