@@ -111,6 +111,15 @@ pub enum Command {
         #[command(subcommand)]
         action: SubscriptionsAction,
     },
+    /// The meter outbox: usage events waiting for the payment provider.
+    Outbox {
+        /// Which database.
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// What to do.
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
     /// The plans of a configuration, with their effective prices.
     Plans {
         /// The configuration file whose [[plans]] to show.
@@ -322,6 +331,34 @@ pub enum SubscriptionsAction {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `outbox` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum OutboxAction {
+    /// List meter events, oldest first.
+    List {
+        /// Only events in this state: pending, sent or parked.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this customer's events.
+        #[arg(long)]
+        customer: Option<String>,
+        /// Start after this event id (pagination).
+        #[arg(long)]
+        after: Option<i64>,
+        /// Most rows.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a parked event back in the queue, due now.
+    Retry {
+        /// The event id.
+        id: i64,
     },
 }
 

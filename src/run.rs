@@ -179,6 +179,10 @@ async fn dispatch(cli: Cli) -> Result<(), RunError> {
             crate::admin::subscriptions::run(&database, &action).await?;
             Ok(())
         }
+        Command::Outbox { database, action } => {
+            crate::admin::outbox::run(&database, &action).await?;
+            Ok(())
+        }
         Command::Plans { config, action } => {
             crate::admin::billing::plans(config.as_deref(), &action)?;
             Ok(())

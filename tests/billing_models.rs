@@ -356,6 +356,32 @@ async fn usage_end_to_end(db: &TestDb) {
     .await;
     assert!(all_recorded, "{events:#?} vs {:?}", recorded());
 
+    // The operator sees the outbox from the CLI; a parked event can be
+    // queued again, and only a parked one.
+    let listed = admin_json(url, &["outbox", "list", "--customer", &acme, "--json"]);
+    let ids: Vec<i64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, events.iter().map(|e| e.id).collect::<Vec<_>>());
+    store
+        .mark_meter_event_failed(ids[0], "Stripe said 400", None)
+        .await
+        .unwrap();
+    let parked = admin_json(url, &["outbox", "list", "--status", "parked", "--json"]);
+    assert_eq!(parked[0]["id"], ids[0], "{parked}");
+    assert_eq!(parked[0]["last_error"], "Stripe said 400", "{parked}");
+    let (ok, out) = admin_text(url, &["outbox", "retry", &ids[1].to_string()]);
+    assert!(!ok && out.contains("no parked meter event"), "{out}");
+    let (ok, out) = admin_text(url, &["outbox", "retry", &ids[0].to_string()]);
+    assert!(ok && out.contains("queued again"), "{out}");
+    let pending = admin_json(url, &["outbox", "list", "--status", "pending", "--json"]);
+    assert_eq!(pending.as_array().unwrap().len(), 3, "{pending}");
+    let (ok, out) = admin_text(url, &["outbox", "list", "--status", "done"]);
+    assert!(!ok && out.contains("use pending, sent or parked"), "{out}");
+
     // Response bytes: two echoes whose messages differ by 100 bytes differ
     // by 100 units.
     let bytes = add_customer(url, "Bytes", "bytes");

@@ -6,6 +6,7 @@
 //! store keeps its SHA-256 hash and its visible prefix only.
 
 pub mod billing;
+pub mod outbox;
 pub mod subscriptions;
 mod table;
 
