@@ -32,6 +32,7 @@ mod open;
 mod options;
 mod outbox;
 mod postgres;
+mod queue;
 mod rollup;
 mod rows;
 mod schema;

@@ -15,12 +15,9 @@ use sqlx::Pool;
 
 use super::driver::{Driver, Read};
 use super::error::Fault;
-use super::rollup::fit;
+use super::queue;
 use super::rows::{self, METER_EVENT_COLUMNS};
 use super::statement::Statement;
-
-/// The longest failure message kept (the rest is cut).
-const ERROR_MAX_CHARS: usize = 1_000;
 
 /// Runs a select of [`METER_EVENT_COLUMNS`].
 async fn fetch<DB: Driver>(
@@ -101,23 +98,15 @@ pub(super) async fn mark_failed<DB: Driver>(
     error: &str,
     retry_at: Option<UnixMillis>,
 ) -> Result<(), Fault> {
-    let mut update = Statement::<DB>::new("UPDATE meter_outbox SET attempts = attempts + 1");
-    update
-        .push(", last_error = ")
-        .bind(fit(error, ERROR_MAX_CHARS));
-    match retry_at {
-        Some(at) => update.push(", next_attempt_at = ").bind(at),
-        None => update
-            .push(", status = ")
-            .bind(OutboxStatus::Parked.as_str()),
-    };
-    update
-        .push(" WHERE id = ")
-        .bind(id)
-        .push(" AND status = ")
-        .bind(OutboxStatus::Pending.as_str());
-    let mut conn = pool.acquire().await?;
-    Ok(update.execute(&mut conn).await?)
+    queue::mark_failed(
+        pool,
+        "meter_outbox",
+        id,
+        error,
+        retry_at,
+        OutboxStatus::Parked.as_str(),
+    )
+    .await
 }
 
 /// Puts a parked event back in the queue, due at `now`; `false` when no

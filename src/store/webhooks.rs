@@ -18,12 +18,10 @@ use sqlx::Pool;
 use super::driver::{Driver, Read};
 use super::error::Fault;
 use super::ledger::refused;
-use super::rollup::{TEXT_MAX_CHARS, fit};
+use super::queue;
+use super::rollup::TEXT_MAX_CHARS;
 use super::rows::{self, CUSTOMER_COLUMNS};
 use super::statement::Statement;
-
-/// The longest failure message kept (the rest is cut).
-const ERROR_MAX_CHARS: usize = 1_000;
 
 /// The largest payload stored (MySQL's `MEDIUMTEXT` holds 16 MiB; the
 /// endpoint accepts far less).
@@ -251,23 +249,15 @@ pub(super) async fn mark_failed<DB: Driver>(
     error: &str,
     retry_at: Option<UnixMillis>,
 ) -> Result<(), Fault> {
-    let mut update = Statement::<DB>::new("UPDATE webhook_events SET attempts = attempts + 1");
-    update
-        .push(", last_error = ")
-        .bind(fit(error, ERROR_MAX_CHARS));
-    match retry_at {
-        Some(at) => update.push(", next_attempt_at = ").bind(at),
-        None => update
-            .push(", status = ")
-            .bind(WebhookStatus::Failed.as_str()),
-    };
-    update
-        .push(" WHERE id = ")
-        .bind(id)
-        .push(" AND status = ")
-        .bind(WebhookStatus::Pending.as_str());
-    let mut conn = pool.acquire().await?;
-    Ok(update.execute(&mut conn).await?)
+    queue::mark_failed(
+        pool,
+        "webhook_events",
+        id,
+        error,
+        retry_at,
+        WebhookStatus::Failed.as_str(),
+    )
+    .await
 }
 
 /// Events matching `filter`, by id ascending.

@@ -1,0 +1,47 @@
+//! What the store's work queues share — the meter outbox and the Stripe
+//! webhook inbox: rows that are `pending` until a worker is done with
+//! them, retried at a later time after a failure, and given up on (parked
+//! or failed) after too many.
+
+use mcp_meter_plugin::identity::UnixMillis;
+use sqlx::Pool;
+
+use super::driver::Driver;
+use super::error::Fault;
+use super::rollup::fit;
+use super::statement::{Statement, Value};
+
+/// The longest failure message kept (the rest is cut).
+const ERROR_MAX_CHARS: usize = 1_000;
+
+/// The status of a row waiting for its worker, in both queues.
+const PENDING: &str = "pending";
+
+/// Records a failed attempt of the pending row `id` of `table`: due again
+/// at `retry_at`, or set to `given_up` when `None`. A row that is no longer
+/// pending (sent, or failed for good meanwhile) is left as it is.
+pub(super) async fn mark_failed<DB: Driver>(
+    pool: &Pool<DB>,
+    table: &'static str,
+    id: impl Value,
+    error: &str,
+    retry_at: Option<UnixMillis>,
+    given_up: &'static str,
+) -> Result<(), Fault> {
+    let mut update = Statement::<DB>::new("UPDATE ");
+    update
+        .push(table)
+        .push(" SET attempts = attempts + 1, last_error = ")
+        .bind(fit(error, ERROR_MAX_CHARS));
+    match retry_at {
+        Some(at) => update.push(", next_attempt_at = ").bind(at),
+        None => update.push(", status = ").bind(given_up),
+    };
+    update
+        .push(" WHERE id = ")
+        .bind(id)
+        .push(" AND status = ")
+        .bind(PENDING);
+    let mut conn = pool.acquire().await?;
+    Ok(update.execute(&mut conn).await?)
+}
