@@ -120,6 +120,16 @@ pub enum Command {
         #[command(subcommand)]
         action: OutboxAction,
     },
+    /// Stripe: open a Checkout Session or make a payment link for a
+    /// customer, or compare local state with Stripe.
+    Stripe {
+        /// The configuration file (its [stripe] and [database]); required.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// What to do.
+        #[command(subcommand)]
+        action: StripeAction,
+    },
     /// The plans of a configuration, with their effective prices.
     Plans {
         /// The configuration file whose [[plans]] to show.
@@ -359,6 +369,45 @@ pub enum OutboxAction {
     Retry {
         /// The event id.
         id: i64,
+    },
+}
+
+/// What a customer buys: one of the two.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct CheckoutItemArgs {
+    /// A credit pack id ([[stripe.credit_packs]]).
+    #[arg(long)]
+    pub pack: Option<String>,
+    /// A subscription plan id ([stripe.plan_prices]).
+    #[arg(long)]
+    pub plan: Option<String>,
+}
+
+/// `stripe` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StripeAction {
+    /// Create a Checkout Session for a customer now and print its URL.
+    Checkout {
+        /// The customer id.
+        #[arg(long)]
+        customer: String,
+        /// What they buy.
+        #[command(flatten)]
+        item: CheckoutItemArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a payment link (`{public_url}/pay/<token>`) for a customer;
+    /// Stripe is called only when the link is opened.
+    Link {
+        /// The customer id.
+        #[arg(long)]
+        customer: String,
+        /// What they buy.
+        #[command(flatten)]
+        item: CheckoutItemArgs,
     },
 }
 

@@ -19,10 +19,13 @@ use mcp_meter_plugin::ports::{SharedClock, SystemClock};
 use mcp_meter_plugin::subscription::Subscriptions;
 use mcp_meter_usage_recorder::{RecorderHandle, UsageRecorder};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, DatabaseConfig};
 use crate::engine::PluginServices;
 use crate::store::{self, OpenError, Store, StoreOptions};
+use crate::stripe::StripeRuntime;
+use crate::stripe::client::ClientBuildError;
 
 /// Why the plugin services cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +39,9 @@ pub enum ServicesError {
     /// The plans do not compile (`mcp-meter check` lists the same).
     #[error("the plans have problems:\n  {}", .0.join("\n  "))]
     Plans(Vec<String>),
+    /// The Stripe client cannot be built.
+    #[error(transparent)]
+    Stripe(#[from] ClientBuildError),
 }
 
 /// The running services; [`RunningServices::stop`] ends them in order.
@@ -44,6 +50,7 @@ pub struct RunningServices {
     recorder: Option<RecorderHandle>,
     flusher: Option<JoinHandle<()>>,
     recovery: Option<JoinHandle<()>>,
+    stripe: Option<Arc<StripeRuntime>>,
 }
 
 impl std::fmt::Debug for RunningServices {
@@ -72,6 +79,7 @@ pub async fn start(config: &Config) -> Result<RunningServices, ServicesError> {
             recorder: None,
             flusher: None,
             recovery: None,
+            stripe: None,
         });
     };
     let store: Arc<dyn Store> = store::open(&store_options(database)).await?;
@@ -85,11 +93,17 @@ pub async fn start(config: &Config) -> Result<RunningServices, ServicesError> {
             authenticator: None,
             recorder: None,
             billing: None,
+            stripe: None,
         },
         recorder: None,
         flusher: None,
         recovery: None,
+        stripe: None,
     };
+    let stripe = StripeRuntime::new(config, store.clone(), CancellationToken::new())?;
+    if let Some(stripe) = &stripe {
+        stripe.start();
+    }
     if wants("auth") {
         let authenticator = Arc::new(Authenticator::new(
             config.auth.clone(),
@@ -103,8 +117,11 @@ pub async fn start(config: &Config) -> Result<RunningServices, ServicesError> {
         running.services.authenticator = Some(authenticator);
     }
     if wants("billing") {
-        let catalog =
+        let mut catalog =
             Catalog::compile(&config.billing, &config.plans).map_err(ServicesError::Plans)?;
+        if let Some(offers) = stripe.as_ref().and_then(|s| s.refusal_offers()) {
+            catalog.set_checkout_offers(offers);
+        }
         let ledger: SharedLedger = store.clone();
         let subscriptions: Arc<dyn Subscriptions> = store.clone();
         let settings = RecoverySettings {
@@ -126,6 +143,8 @@ pub async fn start(config: &Config) -> Result<RunningServices, ServicesError> {
         running.services.recorder = Some(layer);
         running.recorder = Some(handle);
     }
+    running.services.stripe = stripe.clone();
+    running.stripe = stripe;
     Ok(running)
 }
 
@@ -140,6 +159,9 @@ impl RunningServices {
     pub async fn stop(mut self, grace: Duration) {
         if let Some(recovery) = self.recovery.take() {
             recovery.abort();
+        }
+        if let Some(stripe) = self.stripe.take() {
+            stripe.stop(grace).await;
         }
         // The proxy and its layers are gone or idle; drop our clone so the
         // recorder's queue can close.

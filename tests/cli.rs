@@ -77,6 +77,7 @@ fn check_accepts_a_good_file_and_the_examples() {
             &[
                 ("UPSTREAM_TOKEN", "t"),
                 ("STRIPE_WEBHOOK_SECRET", "whsec_example"),
+                ("STRIPE_SECRET_KEY", "sk_test_example"),
             ],
         );
         assert_eq!(code, Some(0), "{}: {stderr}", example.display());

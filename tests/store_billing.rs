@@ -220,6 +220,7 @@ each_backend!(
     concurrent_recordings_of_one_call_record_once,
     outbox_events_are_due_failed_parked_retried_and_sent,
     outbox_events_are_filtered_and_paged,
+    outbox_batches_are_claimed_once_failed_and_retried_whole,
     a_reset_grant_expires_the_balance,
     a_rollover_grant_carries_up_to_its_cap,
     a_rollover_grant_without_cap_carries_everything,
@@ -840,6 +841,7 @@ async fn metered_usage_is_recorded_once_with_its_event(db: TestDb) {
             last_error: None,
             next_attempt_at: UnixMillis(DAY0 + 10),
             sent_at: None,
+            batch: None,
         }
     );
     assert_eq!(
@@ -1101,6 +1103,111 @@ async fn outbox_events_are_due_failed_parked_retried_and_sent(db: TestDb) {
     assert!(due(10_000, 10).await.is_empty());
     let last = event(outbox, e2).await;
     assert_eq!((last.attempts, last.last_error), (0, None));
+}
+
+async fn outbox_batches_are_claimed_once_failed_and_retried_whole(db: TestDb) {
+    let store = db.open().await;
+    let outbox: &dyn MeterOutbox = &*store;
+    let a = new_customer(&store, "a").await;
+    for (key, at) in [("b1", 100), ("b2", 200), ("b3", 300)] {
+        store
+            .meter_usage(&usage(&a, key, 2, DAY0 + at))
+            .await
+            .expect("meter");
+    }
+    let all = events(outbox, all_events()).await;
+    let [e1, e2, e3] = [all[0].id, all[1].id, all[2].id];
+    assert!(all.iter().all(|e| e.batch.is_none()));
+
+    // Two workers claim overlapping events at once: each event ends in one
+    // batch, and a batch holds what its worker got.
+    let (claim_one, claim_two) = ([e1, e2], [e2, e3]);
+    let (first, second) = tokio::join!(
+        outbox.claim_meter_batch(&claim_one, "batch-one"),
+        outbox.claim_meter_batch(&claim_two, "batch-two"),
+    );
+    first.expect("claim one");
+    second.expect("claim two");
+    let one = ids(&outbox.meter_batch("batch-one").await.expect("one"));
+    let two = ids(&outbox.meter_batch("batch-two").await.expect("two"));
+    let mut together = [one.clone(), two.clone()].concat();
+    together.sort_unstable();
+    assert_eq!(together, [e1, e2, e3], "one: {one:?}, two: {two:?}");
+    assert!(one.contains(&e1) && two.contains(&e3));
+    // A claimed event is not claimed again.
+    outbox
+        .claim_meter_batch(&[e1, e2, e3], "batch-three")
+        .await
+        .expect("claim three");
+    assert!(
+        outbox
+            .meter_batch("batch-three")
+            .await
+            .expect("three")
+            .is_empty()
+    );
+    assert!(
+        outbox
+            .meter_batch("no-such")
+            .await
+            .expect("none")
+            .is_empty()
+    );
+    assert_eq!(event(outbox, e1).await.batch.as_deref(), Some("batch-one"));
+
+    // A failed attempt moves the whole batch, and only that batch.
+    outbox
+        .mark_meter_batch_failed("batch-one", "503", Some(UnixMillis(DAY0 + 5_000)))
+        .await
+        .expect("failed");
+    for event in outbox.meter_batch("batch-one").await.expect("one") {
+        assert_eq!(
+            (
+                event.attempts,
+                event.next_attempt_at,
+                event.last_error.as_deref()
+            ),
+            (1, UnixMillis(DAY0 + 5_000), Some("503"))
+        );
+    }
+    assert_eq!(event(outbox, e3).await.attempts, 0);
+    // Parked as a whole; retrying any one of its events brings all back.
+    outbox
+        .mark_meter_batch_failed("batch-one", "400 bad", None)
+        .await
+        .expect("parked");
+    let parked = outbox.meter_batch("batch-one").await.expect("one");
+    assert!(parked.iter().all(|e| e.status == OutboxStatus::Parked));
+    let last = *one.last().expect("one has events");
+    assert!(
+        outbox
+            .retry_meter_event(last, UnixMillis(DAY0 + 9_000))
+            .await
+            .expect("retry")
+    );
+    for event in outbox.meter_batch("batch-one").await.expect("one") {
+        assert_eq!(
+            (event.status, event.next_attempt_at, event.attempts),
+            (OutboxStatus::Pending, UnixMillis(DAY0 + 9_000), 2)
+        );
+    }
+    // Sent events are not claimed, failed or retried any more.
+    outbox
+        .mark_meter_events_sent(&one, UnixMillis(DAY0 + 9_500))
+        .await
+        .expect("sent");
+    outbox
+        .mark_meter_batch_failed("batch-one", "late", None)
+        .await
+        .expect("no-op");
+    assert!(
+        outbox
+            .meter_batch("batch-one")
+            .await
+            .expect("one")
+            .iter()
+            .all(|e| e.status == OutboxStatus::Sent && e.last_error.as_deref() == Some("400 bad"))
+    );
 }
 
 async fn outbox_events_are_filtered_and_paged(db: TestDb) {

@@ -7,6 +7,7 @@
 
 pub mod billing;
 pub mod outbox;
+pub mod stripe;
 pub mod subscriptions;
 mod table;
 

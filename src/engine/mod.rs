@@ -148,6 +148,11 @@ impl Proxy {
         self.services.authenticator.as_ref()
     }
 
+    /// Stripe, when `[stripe]` (and a `[database]`) is configured.
+    pub fn stripe(&self) -> Option<&Arc<crate::stripe::StripeRuntime>> {
+        self.services.stripe.as_ref()
+    }
+
     /// The store, when a `[database]` is configured.
     pub fn store(&self) -> Option<&Arc<dyn crate::store::Store>> {
         self.services.store.as_ref()

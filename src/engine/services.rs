@@ -9,6 +9,7 @@ use mcp_meter_billing::BillingLayer;
 use mcp_meter_usage_recorder::UsageRecorderLayer;
 
 use crate::store::Store;
+use crate::stripe::StripeRuntime;
 
 /// Shared services for the plugin stack; all absent for a passthrough proxy
 /// (no `[database]`).
@@ -22,6 +23,8 @@ pub struct PluginServices {
     pub recorder: Option<UsageRecorderLayer>,
     /// The billing layer (plans and the ledger).
     pub billing: Option<BillingLayer>,
+    /// Stripe (`[stripe]`): webhooks, checkout, meter events.
+    pub stripe: Option<Arc<StripeRuntime>>,
 }
 
 impl std::fmt::Debug for PluginServices {
@@ -31,6 +34,7 @@ impl std::fmt::Debug for PluginServices {
             .field("authenticator", &self.authenticator.is_some())
             .field("recorder", &self.recorder.is_some())
             .field("billing", &self.billing.is_some())
+            .field("stripe", &self.stripe.is_some())
             .finish()
     }
 }

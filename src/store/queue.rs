@@ -17,13 +17,15 @@ const ERROR_MAX_CHARS: usize = 1_000;
 /// The status of a row waiting for its worker, in both queues.
 const PENDING: &str = "pending";
 
-/// Records a failed attempt of the pending row `id` of `table`: due again
-/// at `retry_at`, or set to `given_up` when `None`. A row that is no longer
-/// pending (sent, or failed for good meanwhile) is left as it is.
+/// Records a failed attempt of the pending rows of `table` whose
+/// `key_column` is `key`: due again at `retry_at`, or set to `given_up`
+/// when `None`. A row that is no longer pending (sent, or failed for good
+/// meanwhile) is left as it is.
 pub(super) async fn mark_failed<DB: Driver>(
     pool: &Pool<DB>,
     table: &'static str,
-    id: impl Value,
+    key_column: &'static str,
+    key: impl Value,
     error: &str,
     retry_at: Option<UnixMillis>,
     given_up: &'static str,
@@ -38,8 +40,10 @@ pub(super) async fn mark_failed<DB: Driver>(
         None => update.push(", status = ").bind(given_up),
     };
     update
-        .push(" WHERE id = ")
-        .bind(id)
+        .push(" WHERE ")
+        .push(key_column)
+        .push(" = ")
+        .bind(key)
         .push(" AND status = ")
         .bind(PENDING);
     let mut conn = pool.acquire().await?;

@@ -160,7 +160,7 @@ pub(super) fn subscription(row: &impl Read) -> Result<Subscription, sqlx::Error>
 
 /// The meter outbox columns: `id`, then the rest (11 columns).
 pub(super) const METER_EVENT_COLUMNS: &str = "id, customer_id, event_name, value, identifier, \
-     occurred_at, status, attempts, last_error, next_attempt_at, sent_at";
+     occurred_at, status, attempts, last_error, next_attempt_at, sent_at, batch_id";
 
 /// Reads a meter event (columns as in [`METER_EVENT_COLUMNS`]).
 pub(super) fn meter_event(row: &impl Read) -> Result<MeterEvent, sqlx::Error> {
@@ -185,6 +185,7 @@ pub(super) fn meter_event(row: &impl Read) -> Result<MeterEvent, sqlx::Error> {
         last_error: row.opt_text(8)?,
         next_attempt_at: UnixMillis(row.int(9)?),
         sent_at: row.opt_int(10)?.map(UnixMillis),
+        batch: row.opt_text(11)?,
     })
 }
 

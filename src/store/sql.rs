@@ -237,6 +237,25 @@ impl<DB: Driver> MeterOutbox for SqlStore<DB> {
     async fn meter_events(&self, filter: &OutboxFilter) -> Result<Vec<MeterEvent>, StoreError> {
         done::<DB, _>(outbox::list(&self.pool, filter).await)
     }
+
+    async fn claim_meter_batch(&self, ids: &[i64], batch: &str) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(outbox::claim_batch(&self.pool, ids, batch).await)
+    }
+
+    async fn meter_batch(&self, batch: &str) -> Result<Vec<MeterEvent>, StoreError> {
+        done::<DB, _>(outbox::batch(&self.pool, batch).await)
+    }
+
+    async fn mark_meter_batch_failed(
+        &self,
+        batch: &str,
+        error: &str,
+        retry_at: Option<UnixMillis>,
+    ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(outbox::mark_batch_failed(&self.pool, batch, error, retry_at).await)
+    }
 }
 
 #[async_trait]

@@ -252,6 +252,7 @@ pub(super) async fn mark_failed<DB: Driver>(
     queue::mark_failed(
         pool,
         "webhook_events",
+        "id",
         id,
         error,
         retry_at,

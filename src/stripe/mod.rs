@@ -1,4 +1,5 @@
-//! Stripe: the webhook endpoint and what its events do.
+//! Stripe: the webhook endpoint and what its events do, and the outbound
+//! calls (customers, Checkout, meter events).
 //!
 //! * [`config`]: the `[stripe]` section.
 //! * [`signature`]: `Stripe-Signature` verification on the raw body.
@@ -7,11 +8,22 @@
 //! * [`events`] and [`worker`]: a background task applies the stored events
 //!   (credit packs, subscriptions, invoices), retrying failures with
 //!   backoff.
+//! * [`client`]: the typed Stripe client; [`customers`]: Stripe customers
+//!   created on demand; [`checkout`]: Checkout Sessions; [`pay_link`]: the
+//!   signed `/pay/<token>` links refusals carry; [`pay`]: the routes that
+//!   open them (`GET /pay/<token>`, `POST /api/v1/me/checkout`).
+//! * [`meter_sender`]: drains the meter outbox into Stripe Meters.
 //!
-//! [`StripeRuntime`] ties them together for the HTTP router.
+//! [`StripeRuntime`] ties them together.
 
+pub mod checkout;
+pub mod client;
 pub mod config;
+pub mod customers;
 pub mod events;
+pub mod meter_sender;
+pub mod pay;
+pub mod pay_link;
 pub mod signature;
 pub mod webhook;
 pub mod worker;
@@ -22,32 +34,88 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{CreditPack, StripeConfig};
+pub use config::{CheckoutItem, CreditPack, StripeConfig};
 
 use crate::config::Config;
 use crate::store::Store;
+use checkout::Checkout;
+use client::{ClientBuildError, StripeApi};
 use events::Processor;
+use meter_sender::MeterSender;
+use pay_link::PayLinks;
 
-/// What the webhook endpoint and its worker share: the store, how events
-/// are applied, and the signal that wakes the worker.
+/// What the Stripe routes and workers share: the store, how events are
+/// applied, the signal that wakes the webhook worker, and the outbound
+/// client with what uses it.
 pub struct StripeRuntime {
     store: Arc<dyn Store>,
     processor: Arc<Processor>,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
     worker: Mutex<Option<JoinHandle<()>>>,
+    api: Option<StripeApi>,
+    checkout: Option<Checkout>,
+    pay_links: Option<PayLinks>,
+    sender: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for StripeRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripeRuntime")
+            .field("outbound", &self.api.is_some())
+            .field("checkout", &self.checkout.is_some())
+            .field("pay_links", &self.pay_links.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes the checkout links refusals carry: `[stripe] checkout_on_refusal`
+/// names what each plan's refused customers are offered.
+struct RefusalOffers {
+    links: PayLinks,
+    config: StripeConfig,
+}
+
+impl mcp_meter_billing::CheckoutOffers for RefusalOffers {
+    fn checkout_url(
+        &self,
+        customer: &mcp_meter_plugin::identity::CustomerId,
+        plan: &str,
+    ) -> Option<String> {
+        let item = self.config.refusal_offer(plan)?;
+        self.links.link(
+            customer.as_str(),
+            &item,
+            mcp_meter_plugin::identity::UnixMillis::now().0 / 1000,
+        )
+    }
 }
 
 impl StripeRuntime {
     /// The runtime for `config`'s `[stripe]` section over `store`; `None`
-    /// without a `[stripe]` section. The worker stops when `shutdown` is
-    /// cancelled.
+    /// without a `[stripe]` section. Its workers stop when `shutdown` is
+    /// cancelled. An outbound client that cannot be built is an error.
     pub fn new(
         config: &Config,
         store: Arc<dyn Store>,
         shutdown: CancellationToken,
-    ) -> Option<Arc<Self>> {
-        let stripe = config.stripe.clone()?;
+    ) -> Result<Option<Arc<Self>>, ClientBuildError> {
+        let Some(stripe) = config.stripe.clone() else {
+            return Ok(None);
+        };
+        let api = match StripeApi::new(&stripe) {
+            Ok(api) => Some(api),
+            Err(ClientBuildError::NoSecretKey) => None,
+            Err(error) => return Err(error),
+        };
+        let checkout = api
+            .clone()
+            .and_then(|api| Checkout::new(api, store.clone(), stripe.clone()).ok());
+        let pay_links = if checkout.is_some() {
+            PayLinks::new(&stripe)
+        } else {
+            None
+        };
         let subscription_plans = config
             .plans
             .iter()
@@ -59,13 +127,85 @@ impl StripeRuntime {
             subscription_plans,
             config.billing.default_plan.as_deref(),
         );
-        Some(Arc::new(Self {
+        Ok(Some(Arc::new(Self {
             store,
             processor: Arc::new(processor),
             wake: Arc::new(Notify::new()),
             shutdown,
             worker: Mutex::new(None),
+            api,
+            checkout,
+            pay_links,
+            sender: Mutex::new(None),
+        })))
+    }
+
+    /// The checkout-link maker for refusals, when `[stripe]` offers
+    /// something on refusal and payment links can be made.
+    pub fn refusal_offers(&self) -> Option<Arc<dyn mcp_meter_billing::CheckoutOffers>> {
+        let config = self.processor.config();
+        if config.checkout_on_refusal.is_empty() {
+            return None;
+        }
+        Some(Arc::new(RefusalOffers {
+            links: self.pay_links.clone()?,
+            config: config.clone(),
         }))
+    }
+
+    /// Checkout, when configured.
+    pub fn checkout(&self) -> Option<&Checkout> {
+        self.checkout.as_ref()
+    }
+
+    /// The payment links, when configured.
+    pub fn pay_links(&self) -> Option<&PayLinks> {
+        self.pay_links.as_ref()
+    }
+
+    /// Starts the meter outbox's sender unless it runs; without a secret
+    /// key there is none (events wait in the outbox).
+    pub fn ensure_meter_sender(&self) {
+        let Some(api) = &self.api else {
+            return;
+        };
+        let Ok(mut sender) = self.sender.lock() else {
+            return;
+        };
+        if sender.as_ref().is_some_and(|s| !s.is_finished()) || self.shutdown.is_cancelled() {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let max_attempts = self.processor.config().meter_max_attempts;
+        *sender = Some(
+            MeterSender::new(self.store.clone(), api.clone(), max_attempts)
+                .spawn(self.shutdown.clone()),
+        );
+    }
+
+    /// Starts the background tasks: the webhook worker and the meter
+    /// sender.
+    pub fn start(&self) {
+        self.ensure_worker();
+        self.ensure_meter_sender();
+    }
+
+    /// Stops the background tasks and waits (at most `grace`) for them to
+    /// finish what they are doing.
+    pub async fn stop(&self, grace: std::time::Duration) {
+        self.shutdown.cancel();
+        let handles: Vec<JoinHandle<()>> = [&self.worker, &self.sender]
+            .into_iter()
+            .filter_map(|slot| slot.lock().ok().and_then(|mut h| h.take()))
+            .collect();
+        for handle in handles {
+            let abort = handle.abort_handle();
+            if tokio::time::timeout(grace, handle).await.is_err() {
+                abort.abort();
+            }
+        }
     }
 
     /// Starts the worker unless it runs (or ran and stopped at shutdown).

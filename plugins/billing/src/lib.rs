@@ -63,6 +63,6 @@ mod usage;
 
 pub use layer::{BillingLayer, BillingService};
 pub use meta::META_KEY;
-pub use plan::{Catalog, DEFAULT_REFUSAL_CODE};
+pub use plan::{Catalog, CheckoutOffers, DEFAULT_REFUSAL_CODE};
 pub use refusal::REFUSAL_META_KEY;
 pub use sweeper::{ABANDONED, RecoverySettings, RoundReport, Sweeper, spawn_recovery};

@@ -4,7 +4,9 @@
 //! result with `isError: true` whose text says the same. Either way the
 //! response is marked with a [`Refusal`] so the usage record says why.
 
-use mcp_meter_plugin::identity::Refusal;
+use std::sync::Arc;
+
+use mcp_meter_plugin::identity::{Caller, Refusal};
 use mcp_meter_plugin::jsonrpc::Message;
 use mcp_meter_plugin::{McpRequest, McpResponse};
 use serde_json::{Map, Value, json};
@@ -13,6 +15,17 @@ use crate::plan::{DEFAULT_REFUSAL_CODE, Plan, RefusalStyle};
 
 /// The `_meta` key a tool-result refusal carries its facts under.
 pub const REFUSAL_META_KEY: &str = "mcp-meter/refusal";
+
+/// The refusals that paying or upgrading would lift: they carry a checkout
+/// link when the plan offers one. (`payment_required` for a past-due
+/// subscription needs the card fixed, not a second subscription;
+/// `rate_limited` passes by itself.)
+const PAYABLE: &[&str] = &[
+    "insufficient_credits",
+    "quota_exceeded",
+    "subscription_required",
+    "tool_not_in_plan",
+];
 
 /// Why a call is refused, with the facts that go with it.
 #[derive(Debug, Clone)]
@@ -49,6 +62,16 @@ impl Denial {
     }
 }
 
+/// The caller's own checkout link for a refusal that paying would lift.
+fn checkout_url(request: &McpRequest, plan: &Plan, reason: &str) -> Option<String> {
+    if !PAYABLE.contains(&reason) {
+        return None;
+    }
+    let hook = plan.checkout.as_ref()?;
+    let caller = request.extensions.get::<Arc<Caller>>()?;
+    hook.0.checkout_url(&caller.customer.id, &plan.id)
+}
+
 /// Builds the refusal for `request` in the plan's style (the default style
 /// and code when there is no plan).
 pub(crate) fn refuse(request: &McpRequest, plan: Option<&Plan>, denial: Denial) -> McpResponse {
@@ -62,10 +85,15 @@ pub(crate) fn refuse(request: &McpRequest, plan: Option<&Plan>, denial: Denial) 
         if let Some(url) = &plan.upgrade_url {
             data.insert("upgrade_url".to_owned(), Value::from(url.as_str()));
         }
+        if let Some(url) = checkout_url(request, plan, denial.reason) {
+            data.insert("checkout_url".to_owned(), Value::from(url));
+        }
     }
     data.extend(denial.facts);
     let mut message = denial.message;
-    if let Some(url) = data.get("upgrade_url").and_then(Value::as_str) {
+    if let Some(url) = data.get("checkout_url").and_then(Value::as_str) {
+        message.push_str(&format!(" Pay or upgrade at {url}"));
+    } else if let Some(url) = data.get("upgrade_url").and_then(Value::as_str) {
         message.push_str(&format!(" Buy more or upgrade at {url}"));
     }
     let id = request

@@ -70,6 +70,10 @@ pub struct MeterEvent {
     pub next_attempt_at: UnixMillis,
     /// When it was accepted.
     pub sent_at: Option<UnixMillis>,
+    /// The batch it is sent in, once one is fixed: the events of a batch
+    /// are sent together as one event whose value is their total and whose
+    /// identifier is the batch id, and are marked together.
+    pub batch: Option<String>,
 }
 
 /// Which outbox events to read.
@@ -108,9 +112,26 @@ pub trait MeterOutbox: Send + Sync + 'static {
         retry_at: Option<UnixMillis>,
     ) -> Result<(), StoreError>;
 
-    /// Puts a parked event back in the queue, due at `now`; `false` when no
-    /// parked event has this id.
+    /// Puts a parked event back in the queue, due at `now`, with the rest of
+    /// its batch; `false` when no parked event has this id.
     async fn retry_meter_event(&self, id: i64, now: UnixMillis) -> Result<bool, StoreError>;
+
+    /// Fixes a batch: gives the id `batch` to those of the pending events
+    /// `ids` that are in no batch yet (another worker may have taken some:
+    /// [`MeterOutbox::meter_batch`] says which it got).
+    async fn claim_meter_batch(&self, ids: &[i64], batch: &str) -> Result<(), StoreError>;
+
+    /// The events of a batch, in order, whatever their status.
+    async fn meter_batch(&self, batch: &str) -> Result<Vec<MeterEvent>, StoreError>;
+
+    /// Records a failed attempt at sending a batch: each of its pending
+    /// events is tried again at `retry_at`, or parked when `None`.
+    async fn mark_meter_batch_failed(
+        &self,
+        batch: &str,
+        error: &str,
+        retry_at: Option<UnixMillis>,
+    ) -> Result<(), StoreError>;
 
     /// Events in order.
     async fn meter_events(&self, filter: &OutboxFilter) -> Result<Vec<MeterEvent>, StoreError>;

@@ -50,7 +50,7 @@ use crate::protocol::stateless as stateless_revision;
 use crate::protocol::{
     INVALID_REQUEST, Message, RequestId, framing, is_batch, methods, split_batch, version,
 };
-use crate::stripe::{StripeRuntime, webhook as stripe_webhook};
+use crate::stripe::{pay as stripe_pay, webhook as stripe_webhook};
 
 #[derive(Clone)]
 struct AppState {
@@ -68,12 +68,7 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
         proxy: proxy.clone(),
     };
     let path = config.server.mcp_path.clone();
-    let stripe = proxy
-        .store()
-        .and_then(|store| StripeRuntime::new(config, store.clone(), proxy.shutdown_token()));
-    if let Some(stripe) = &stripe {
-        stripe.ensure_worker();
-    }
+    let stripe = proxy.stripe().cloned();
     Router::new()
         .route(&path, get(get_mcp).post(post_mcp).delete(delete_mcp))
         .route(
@@ -87,7 +82,8 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
-        .merge(stripe_webhook::routes(stripe))
+        .merge(stripe_webhook::routes(stripe.clone()))
+        .merge(stripe_pay::routes(stripe, proxy.authenticator().cloned()))
 }
 
 /// Serves `router(proxy)` on `listener` until the proxy shuts down; in-flight

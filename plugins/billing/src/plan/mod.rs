@@ -11,7 +11,7 @@ mod models;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use mcp_meter_plugin::identity::glob;
+use mcp_meter_plugin::identity::{CustomerId, glob};
 use mcp_meter_plugin::ledger::PriceSchedule;
 
 pub use config::{BillingConfig, PlanConfig, RefusalStyle};
@@ -56,6 +56,33 @@ pub enum ToolPrice {
     Default(i64),
 }
 
+/// Makes checkout links for refused customers (the payment provider's
+/// side: mcp-meter's Stripe module signs a `/pay/<token>` link).
+pub trait CheckoutOffers: Send + Sync + 'static {
+    /// A link where `customer`, refused on `plan`, can pay or upgrade;
+    /// `None` when nothing is offered for that plan. Must not do I/O:
+    /// refusals are on the hot path.
+    fn checkout_url(&self, customer: &CustomerId, plan: &str) -> Option<String>;
+}
+
+/// A plan's [`CheckoutOffers`] (compared by identity).
+#[derive(Clone)]
+pub struct CheckoutHook(pub Arc<dyn CheckoutOffers>);
+
+impl std::fmt::Debug for CheckoutHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CheckoutHook")
+    }
+}
+
+impl PartialEq for CheckoutHook {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for CheckoutHook {}
+
 /// A checked plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -69,6 +96,9 @@ pub struct Plan {
     pub model: Model,
     /// Where to pay or upgrade.
     pub upgrade_url: Option<String>,
+    /// Makes a per-customer checkout link for refusals, when the payment
+    /// provider offers one for this plan.
+    pub checkout: Option<CheckoutHook>,
     /// How refusals are signalled.
     pub refusal: RefusalStyle,
     /// The JSON-RPC code of refusals.
@@ -146,6 +176,13 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Lets every plan's refusals carry a checkout link made by `offers`.
+    pub fn set_checkout_offers(&mut self, offers: Arc<dyn CheckoutOffers>) {
+        for plan in self.plans.values_mut() {
+            Arc::make_mut(plan).checkout = Some(CheckoutHook(offers.clone()));
+        }
+    }
+
     /// Checks and compiles the plans; every problem is returned, each with
     /// its key path.
     pub fn compile(billing: &BillingConfig, plans: &[PlanConfig]) -> Result<Self, Vec<String>> {
@@ -366,6 +403,7 @@ fn compile_plan(
         unit,
         model,
         upgrade_url: plan.upgrade_url.clone(),
+        checkout: None,
         refusal: plan.refusal.unwrap_or(billing.refusal),
         refusal_code: plan
             .refusal_code
