@@ -154,6 +154,11 @@ impl StripeApi {
         Ok(Self { client })
     }
 
+    /// The typed client, for read-only requests (reconciliation).
+    pub fn client(&self) -> &stripe::Client {
+        &self.client
+    }
+
     /// Creates the Stripe customer for mcp-meter's customer `id`; the same
     /// `id` always sends the same idempotency key, so a retry after a lost
     /// answer gets the customer created the first time.
