@@ -17,11 +17,13 @@ mod common;
 // every test binary compiles).
 #[path = "common/fake_stripe.rs"]
 mod fake_stripe;
+#[path = "common/stripe_sign.rs"]
+mod stripe_sign;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::billing::{add_customer, call, client, create_key};
+use common::billing::{add_customer, balance, call, client, create_key, ledger};
 use common::db::TestDb;
 use common::{Proxy, admin_json, admin_text, bin, eventually};
 use fake_stripe::{FakeStripe, Fault};
@@ -639,4 +641,98 @@ async fn the_operator_opens_checkout_and_links_from_the_cli() {
         let (ok, _, err) = cli(&args);
         assert!(!ok && err.contains(needle), "{args:?}: {err}");
     }
+}
+
+/// The whole loop: a customer out of credits is refused with a payment
+/// link, opens it, "pays" (the test posts the `checkout.session.completed`
+/// event Stripe would send, signed by Stripe's own library, twice), and
+/// the next call is served; the ledger shows the purchase once.
+#[tokio::test]
+async fn a_refused_customer_pays_through_the_link_and_is_served() {
+    let db = TestDb::sqlite().await;
+    let fake = FakeStripe::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = db.url().to_owned();
+    let proxy = start(
+        dir.path(),
+        &config(
+            &url,
+            &fake,
+            "checkout_on_refusal = { starter = \"pack:pack-100\" }",
+        ),
+    );
+    let customer = add_customer(&url, "Returning", "starter");
+    let key = create_key(&url, &customer);
+    let mcp = client(&proxy, &key).await;
+    let echo = |id: i64| call(json!(id), "echo", json!({ "message": "paid?" }));
+    let refused = mcp.post(&echo(1)).await.response();
+    assert_eq!(
+        refused["error"]["data"]["reason"], "insufficient_credits",
+        "{refused}"
+    );
+    let link = refused["error"]["data"]["checkout_url"]
+        .as_str()
+        .expect("a checkout link")
+        .to_owned();
+    let token = link.rsplit_once("/pay/").expect("a pay link").1.to_owned();
+    let opened = no_redirects()
+        .get(format!("{}/pay/{token}", base(&proxy)))
+        .send()
+        .await
+        .expect("GET /pay");
+    assert_eq!(opened.status(), 303);
+    let session_id = fake.checkout_sessions()[0]["id"]
+        .as_str()
+        .expect("a session id")
+        .to_owned();
+
+    // The customer pays; Stripe sends the event (and sends it again).
+    fake.complete_checkout_session(&session_id);
+    let mut session = fake.checkout_sessions()[0].clone();
+    if let Some(object) = session.as_object_mut() {
+        object.remove("line_items");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let event = json!({
+        "id": "evt_paid_1", "object": "event", "api_version": "2025-09-30.clover",
+        "created": now, "livemode": false, "pending_webhooks": 1,
+        "type": "checkout.session.completed", "data": { "object": session },
+    })
+    .to_string();
+    let http = reqwest::Client::new();
+    for delivery in 0..2 {
+        let answer = http
+            .post(format!("{}/webhooks/stripe", base(&proxy)))
+            .header("content-type", "application/json")
+            .header(
+                "stripe-signature",
+                stripe_sign::sign(&event, "whsec_test_outbound", now),
+            )
+            .body(event.clone())
+            .send()
+            .await
+            .expect("POST /webhooks/stripe");
+        assert_eq!(answer.status(), 200, "delivery {delivery}");
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || balance(&url, &customer) == 100).await,
+        "the pack's credits arrive"
+    );
+    let served = mcp.post(&echo(2)).await.response();
+    assert!(served.get("result").is_some(), "{served}");
+    assert_eq!(balance(&url, &customer), 99);
+    let purchases: Vec<Value> = ledger(&url, &customer)
+        .into_iter()
+        .filter(|e| e["kind"] == "purchase")
+        .collect();
+    assert_eq!(purchases.len(), 1, "{purchases:?}");
+    assert_eq!(purchases[0]["amount"], 100);
+    assert_eq!(
+        purchases[0]["idempotency_key"],
+        format!("checkout:{session_id}").as_str()
+    );
+    drop(proxy);
 }
