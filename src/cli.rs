@@ -120,6 +120,15 @@ pub enum Command {
         #[command(subcommand)]
         action: OutboxAction,
     },
+    /// Invoice items of per-call plans' closed periods, queued for Stripe.
+    Invoices {
+        /// Which database.
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// What to do.
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
     /// Stripe: open a Checkout Session or make a payment link for a
     /// customer, or compare local state with Stripe.
     Stripe {
@@ -344,18 +353,18 @@ pub enum SubscriptionsAction {
     },
 }
 
-/// `outbox` subcommands.
+/// `outbox` and `invoices` subcommands: a queue for the payment provider.
 #[derive(Debug, Subcommand)]
 pub enum OutboxAction {
-    /// List meter events, oldest first.
+    /// List the queue's rows, oldest first.
     List {
-        /// Only events in this state: pending, sent or parked.
+        /// Only rows in this state: pending, sent or parked.
         #[arg(long)]
         status: Option<String>,
-        /// Only this customer's events.
+        /// Only this customer's rows.
         #[arg(long)]
         customer: Option<String>,
-        /// Start after this event id (pagination).
+        /// Start after this row id (pagination).
         #[arg(long)]
         after: Option<i64>,
         /// Most rows.
@@ -365,9 +374,10 @@ pub enum OutboxAction {
         #[arg(long)]
         json: bool,
     },
-    /// Put a parked event back in the queue, due now.
+    /// Put a parked row back in the queue, due now (a meter event with the
+    /// rest of its batch).
     Retry {
-        /// The event id.
+        /// The row id.
         id: i64,
     },
 }

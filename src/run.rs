@@ -183,6 +183,10 @@ async fn dispatch(cli: Cli) -> Result<(), RunError> {
             crate::admin::outbox::run(&database, &action).await?;
             Ok(())
         }
+        Command::Invoices { database, action } => {
+            crate::admin::outbox::invoices(&database, &action).await?;
+            Ok(())
+        }
         Command::Stripe { config, action } => {
             init_logging(&cli.log_format, &cli.log_level, &Config::default());
             crate::admin::stripe::run(config.as_deref(), &action).await?;

@@ -245,10 +245,11 @@ async fn billing_migration_is_applied(db: TestDb) {
             (1, "initial"),
             (2, "ledger"),
             (3, "billing models"),
-            (4, "stripe webhooks")
+            (4, "stripe webhooks"),
+            (5, "stripe outbound")
         ]
     );
-    assert_eq!(report.current_version(), 4);
+    assert_eq!(report.current_version(), 5);
     let again = store::migrate(&db.options()).await.expect("migrate again");
     assert!(again.applied_now.is_empty(), "{again:?}");
     // The store is each port (trait upcasting, no helper needed).

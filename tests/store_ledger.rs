@@ -201,10 +201,11 @@ async fn ledger_migration_is_applied(db: TestDb) {
             (1, "initial"),
             (2, "ledger"),
             (3, "billing models"),
-            (4, "stripe webhooks")
+            (4, "stripe webhooks"),
+            (5, "stripe outbound")
         ]
     );
-    assert_eq!(report.current_version(), 4);
+    assert_eq!(report.current_version(), 5);
     // The store is a ledger (trait upcasting, no helper needed).
     let store = db.open().await;
     let ledger: Arc<dyn Ledger> = store;

@@ -48,6 +48,14 @@ id = "team"
 model = "subscription"
 currency = "usd"
 subscription = { included_calls = 100 }
+
+[[plans]]
+id = "payg"
+name = "Pay as you go"
+model = "per_call"
+currency = "usd"
+prices = { default = "0.25" }
+per_call = { period = "day", minimum = "0.50" }
 "#;
 
 /// The proxy's configuration over `db` with the fake at `fake` and
@@ -287,10 +295,146 @@ async fn a_parked_batch_waits_for_the_operator(db: TestDb) {
     drop(proxy);
 }
 
+/// A per-call charge of 0.25 USD for `customer` at `at`, as the billing
+/// layer accrues it.
+async fn charge(store: &dyn mcp_meter_plugin::ledger::Ledger, customer: &str, key: &str, at: i64) {
+    use mcp_meter_plugin::identity::{CallId, CustomerId, UnixMillis};
+    use mcp_meter_plugin::ledger::{Accrual, ChargeKey, PriceSchedule};
+    let day = 86_400_000;
+    store
+        .accrue(&Accrual {
+            customer_id: CustomerId::new(customer),
+            charge_key: ChargeKey::new(key),
+            call_id: CallId::new(format!("call_{key}")),
+            plan_id: "payg".into(),
+            tool: Some("echo".into()),
+            currency: "usd".into(),
+            counter: "calls".into(),
+            period_start: UnixMillis(at - at.rem_euclid(day)),
+            schedule: PriceSchedule::Flat { price: 250_000 },
+            at: UnixMillis(at),
+        })
+        .await
+        .expect("accrue");
+}
+
+async fn per_call_periods_become_invoice_items_once(db: TestDb) {
+    let fake = FakeStripe::start().await;
+    fake.push_fault(Some("/v1/invoiceitems"), Fault::Status(500));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = db.url().to_owned();
+    let heavy = add_customer(&url, "Heavy", "payg");
+    let light = add_customer(&url, "Light", "payg");
+    let fresh = add_customer(&url, "Fresh", "payg");
+    let store = db.open().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let day = 86_400_000;
+    let today = now - now.rem_euclid(day);
+    let yesterday = today - day;
+    for (n, at) in [yesterday + 1_000, yesterday + 2_000, today - 1]
+        .into_iter()
+        .enumerate()
+    {
+        charge(&*store, &heavy, &format!("h{n}"), at).await;
+    }
+    charge(&*store, &light, "l0", yesterday + 5_000).await;
+    charge(&*store, &fresh, "f0", today + 1).await;
+    let toml = config(&url, &fake, "invoice_delay_secs = 0");
+    let proxy = start(dir.path(), &toml);
+
+    let items = |status: &str| {
+        admin_json(&url, &["invoices", "list", "--status", status, "--json"])
+            .as_array()
+            .expect("a list")
+            .clone()
+    };
+    assert!(
+        eventually(Duration::from_secs(40), || items("sent").len() == 2).await,
+        "{:?}",
+        items("pending")
+    );
+    let at_stripe = fake.invoice_items();
+    assert_eq!(at_stripe.len(), 2, "{at_stripe:?}");
+    let of = |ours: &str| {
+        let stripe = stripe_customer_of(&fake, ours);
+        at_stripe
+            .iter()
+            .find(|i| i["customer"] == stripe.as_str())
+            .unwrap_or_else(|| panic!("an invoice item for {ours}: {at_stripe:?}"))
+            .clone()
+    };
+    // 3 calls at 0.25: 0.75 USD. 1 call: 0.25, raised to the 0.50 minimum.
+    let heavy_item = of(&heavy);
+    assert_eq!(
+        (heavy_item["amount"].as_i64(), &heavy_item["currency"]),
+        (Some(75), &json!("usd"))
+    );
+    assert_eq!(heavy_item["period"]["start"], yesterday / 1_000);
+    assert_eq!(heavy_item["period"]["end"], today / 1_000 - 1);
+    assert_eq!(heavy_item["metadata"]["mcp_meter_plan"], "payg");
+    let light_item = of(&light);
+    assert_eq!(light_item["amount"], 50);
+    assert!(
+        light_item["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("Pay as you go") && d.contains("minimum")),
+        "{light_item}"
+    );
+    // Today's period has not closed: nothing for it.
+    assert!(
+        fake.customers()
+            .iter()
+            .all(|c| c["metadata"]["mcp_meter_customer_id"] != fresh.as_str())
+    );
+    let sent = items("sent");
+    assert!(
+        sent.iter().all(|i| i["external_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("ii_"))),
+        "{sent:?}"
+    );
+    let light_row = sent
+        .iter()
+        .find(|i| i["customer_id"] == light.as_str())
+        .expect("light's row");
+    assert_eq!(
+        (
+            light_row["charged"].as_i64(),
+            light_row["minimum_applied"].as_bool()
+        ),
+        (Some(250_000), Some(true))
+    );
+    // The 500 was retried with the same key.
+    let posts = fake.requests_to("POST", "/v1/invoiceitems");
+    assert_eq!(posts.len(), 3, "{posts:?}");
+    assert_eq!(posts[0].status, Some(500));
+    assert!(posts.iter().filter(|p| p.status == Some(200)).count() == 2);
+    let failed_key = posts[0].idempotency_key.clone().expect("a key");
+    assert!(
+        posts[1..]
+            .iter()
+            .any(|p| p.idempotency_key.as_ref() == Some(&failed_key))
+    );
+
+    // A restart closes the same period again: nothing new is queued or sent.
+    drop(proxy);
+    let proxy = start(dir.path(), &toml);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(fake.requests_to("POST", "/v1/invoiceitems").len(), 3);
+    assert_eq!(items("sent").len(), 2);
+    let (ok, out) = admin_text(&url, &["invoices", "retry", "1"]);
+    assert!(!ok && out.contains("no parked invoice item"), "{out}");
+    drop(proxy);
+}
+
 each_backend!(
     usage_reaches_stripe_once_through_failures,
     a_kill_during_a_send_sends_once_after_restart,
     a_parked_batch_waits_for_the_operator,
+    per_call_periods_become_invoice_items_once,
 );
 
 /// The proxy's base URL (its MCP URL without `/mcp`).

@@ -56,6 +56,10 @@ pub(super) trait Driver:
     /// The most bind parameters one statement may carry.
     const MAX_PARAMS: usize;
 
+    /// The 64-bit integer type of `CAST(… AS …)`: a `SUM` of `BIGINT`s is
+    /// a decimal on PostgreSQL and MySQL, cast back to read it as `i64`.
+    const INT_CAST: &'static str;
+
     /// This backend's embedded migrations, with sqlx's own locking off (the
     /// store takes the lock itself, around its version check).
     fn migrator() -> Migrator;

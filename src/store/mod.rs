@@ -25,6 +25,7 @@ mod customers;
 mod driver;
 mod error;
 mod ids;
+mod invoices;
 mod keys;
 mod ledger;
 mod mysql;
@@ -50,12 +51,13 @@ use mcp_meter_plugin::identity::{
     ApiKeyRecord, Customer, CustomerId, CustomerStatus, KeyId, KeyScope, UnixMillis,
 };
 use mcp_meter_plugin::ledger::Ledger;
-use mcp_meter_plugin::outbox::MeterOutbox;
+use mcp_meter_plugin::outbox::{MeterOutbox, OutboxFilter};
 use mcp_meter_plugin::ports::{CustomerDirectory, NewCustomer, StoreError, UsageRecord, UsageSink};
 use mcp_meter_plugin::subscription::{Subscription, SubscriptionChange, Subscriptions};
 use serde::Serialize;
 
 pub use error::OpenError;
+pub use invoices::{InvoiceItemRow, NewInvoiceItem, PeriodCharges};
 pub use open::{migrate, open};
 pub use options::{StoreOptions, redact_url};
 pub use schema::{MigrationReport, MigrationVersion};
@@ -156,7 +158,7 @@ pub struct DailyUsage {
 /// `Arc<dyn MeterOutbox>`, …) by trait upcasting.
 #[async_trait]
 pub trait Store:
-    CustomerDirectory + UsageSink + Ledger + Subscriptions + MeterOutbox + WebhookStore
+    CustomerDirectory + UsageSink + Ledger + Subscriptions + MeterOutbox + WebhookStore + InvoiceOutbox
 {
     /// The database engine behind this store.
     fn backend(&self) -> Backend;
@@ -203,6 +205,55 @@ pub trait Store:
 
     /// Daily roll-ups, ordered by day, customer, method and tool.
     async fn usage_daily(&self, filter: &UsageFilter) -> Result<Vec<DailyUsage>, StoreError>;
+}
+
+/// Per-call plans' charges invoiced through the payment provider: the
+/// charges of a closed period, and the invoice items queued for them.
+#[async_trait]
+pub trait InvoiceOutbox: Send + Sync + 'static {
+    /// Each customer's `charge` entries on `plan_id` created in
+    /// `[start, end)`, summed per customer and currency.
+    async fn period_charges(
+        &self,
+        plan_id: &str,
+        start: UnixMillis,
+        end: UnixMillis,
+    ) -> Result<Vec<PeriodCharges>, StoreError>;
+
+    /// Queues an invoice item unless one for its customer, plan and period
+    /// is queued already; `true` when queued now.
+    async fn queue_invoice_item(&self, new: &NewInvoiceItem) -> Result<bool, StoreError>;
+
+    /// Pending items due at `now`, oldest first, at most `limit`.
+    async fn due_invoice_items(
+        &self,
+        now: UnixMillis,
+        limit: u32,
+    ) -> Result<Vec<InvoiceItemRow>, StoreError>;
+
+    /// Marks an item sent at `at`, with the provider's id for it.
+    async fn mark_invoice_item_sent(
+        &self,
+        id: i64,
+        external_id: Option<&str>,
+        at: UnixMillis,
+    ) -> Result<(), StoreError>;
+
+    /// Records a failed attempt: due again at `retry_at`, or parked.
+    async fn mark_invoice_item_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Option<UnixMillis>,
+    ) -> Result<(), StoreError>;
+
+    /// Puts a parked item back in the queue, due at `now`; `false` when no
+    /// parked item has this id.
+    async fn retry_invoice_item(&self, id: i64, now: UnixMillis) -> Result<bool, StoreError>;
+
+    /// Items matching `filter`, by id.
+    async fn invoice_items(&self, filter: &OutboxFilter)
+    -> Result<Vec<InvoiceItemRow>, StoreError>;
 }
 
 /// What the payment provider's webhooks need from the store: the events,

@@ -25,6 +25,7 @@ impl Driver for MySql {
          bytes_out = bytes_out + VALUES(bytes_out)";
     // Prepared statements count parameters in 16 bits.
     const MAX_PARAMS: usize = 65_535;
+    const INT_CAST: &'static str = "SIGNED";
 
     fn migrator() -> Migrator {
         let mut migrator = sqlx::migrate!("migrations/mysql");

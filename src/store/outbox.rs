@@ -41,12 +41,8 @@ pub(super) async fn due<DB: Driver>(
     let mut statement = Statement::<DB>::new("SELECT ");
     statement
         .push(METER_EVENT_COLUMNS)
-        .push(" FROM meter_outbox WHERE status = ")
-        .bind(OutboxStatus::Pending.as_str())
-        .push(" AND next_attempt_at <= ")
-        .bind(now)
-        .push(" ORDER BY next_attempt_at, id LIMIT ")
-        .bind(i64::from(limit));
+        .push(" FROM meter_outbox WHERE ");
+    queue::push_due(&mut statement, now, limit);
     fetch(pool, statement).await
 }
 
@@ -227,19 +223,6 @@ pub(super) async fn list<DB: Driver>(
         .one_off()
         .push(METER_EVENT_COLUMNS)
         .push(" FROM meter_outbox WHERE 1 = 1");
-    if let Some(status) = filter.status {
-        statement.push(" AND status = ").bind(status.as_str());
-    }
-    if let Some(customer) = &filter.customer {
-        statement
-            .push(" AND customer_id = ")
-            .bind(customer.as_str());
-    }
-    if let Some(after) = filter.after_id {
-        statement.push(" AND id > ").bind(after);
-    }
-    statement
-        .push(" ORDER BY id LIMIT ")
-        .bind(i64::from(filter.limit));
+    queue::push_filter(&mut statement, filter);
     fetch(pool, statement).await
 }

@@ -19,6 +19,7 @@ impl Driver for Postgres {
     const ADD_TO_DAILY: &'static str = ON_CONFLICT_ADD_TO_DAILY;
     // The wire protocol counts parameters in 16 bits.
     const MAX_PARAMS: usize = 65_535;
+    const INT_CAST: &'static str = "BIGINT";
 
     fn migrator() -> Migrator {
         let mut migrator = sqlx::migrate!("migrations/postgres");

@@ -4,6 +4,7 @@
 //! or failed) after too many.
 
 use mcp_meter_plugin::identity::UnixMillis;
+use mcp_meter_plugin::outbox::{OutboxFilter, OutboxStatus};
 use sqlx::Pool;
 
 use super::driver::Driver;
@@ -48,4 +49,35 @@ pub(super) async fn mark_failed<DB: Driver>(
         .bind(PENDING);
     let mut conn = pool.acquire().await?;
     Ok(update.execute(&mut conn).await?)
+}
+
+/// Appends `filter` to a `SELECT … FROM <queue> WHERE 1 = 1`: its status,
+/// customer and position conditions, then the order (by id) and limit.
+pub(super) fn push_filter<DB: Driver>(statement: &mut Statement<DB>, filter: &OutboxFilter) {
+    if let Some(status) = filter.status {
+        statement.push(" AND status = ").bind(status.as_str());
+    }
+    if let Some(customer) = &filter.customer {
+        statement
+            .push(" AND customer_id = ")
+            .bind(customer.as_str());
+    }
+    if let Some(after) = filter.after_id {
+        statement.push(" AND id > ").bind(after);
+    }
+    statement
+        .push(" ORDER BY id LIMIT ")
+        .bind(i64::from(filter.limit));
+}
+
+/// Appends the due condition to a `SELECT … FROM <queue> WHERE `: pending
+/// rows due at `now`, by due time then id, at most `limit`.
+pub(super) fn push_due<DB: Driver>(statement: &mut Statement<DB>, now: UnixMillis, limit: u32) {
+    statement
+        .push("status = ")
+        .bind(OutboxStatus::Pending.as_str())
+        .push(" AND next_attempt_at <= ")
+        .bind(now)
+        .push(" ORDER BY next_attempt_at, id LIMIT ")
+        .bind(i64::from(limit));
 }

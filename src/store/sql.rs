@@ -28,7 +28,10 @@ use super::{
     Backend, DailyUsage, NewApiKey, Store, UsageFilter, customers, keys, ledger, outbox,
     subscriptions, usage,
 };
-use super::{NewWebhookEvent, WebhookEvent, WebhookFilter, WebhookStore, webhooks};
+use super::{
+    InvoiceItemRow, InvoiceOutbox, NewInvoiceItem, NewWebhookEvent, PeriodCharges, WebhookEvent,
+    WebhookFilter, WebhookStore, invoices, webhooks,
+};
 
 /// The store over a pool of one backend.
 pub(super) struct SqlStore<DB: Driver> {
@@ -320,6 +323,63 @@ impl<DB: Driver> Store for SqlStore<DB> {
 
     async fn usage_daily(&self, filter: &UsageFilter) -> Result<Vec<DailyUsage>, StoreError> {
         done::<DB, _>(usage::daily(&self.pool, filter).await)
+    }
+}
+
+#[async_trait]
+impl<DB: Driver> InvoiceOutbox for SqlStore<DB> {
+    async fn period_charges(
+        &self,
+        plan_id: &str,
+        start: UnixMillis,
+        end: UnixMillis,
+    ) -> Result<Vec<PeriodCharges>, StoreError> {
+        done::<DB, _>(invoices::period_charges(&self.pool, plan_id, start, end).await)
+    }
+
+    async fn queue_invoice_item(&self, new: &NewInvoiceItem) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(invoices::queue(&self.pool, new).await)
+    }
+
+    async fn due_invoice_items(
+        &self,
+        now: UnixMillis,
+        limit: u32,
+    ) -> Result<Vec<InvoiceItemRow>, StoreError> {
+        done::<DB, _>(invoices::due(&self.pool, now, limit).await)
+    }
+
+    async fn mark_invoice_item_sent(
+        &self,
+        id: i64,
+        external_id: Option<&str>,
+        at: UnixMillis,
+    ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(invoices::mark_sent(&self.pool, id, external_id, at).await)
+    }
+
+    async fn mark_invoice_item_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Option<UnixMillis>,
+    ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(invoices::mark_failed(&self.pool, id, error, retry_at).await)
+    }
+
+    async fn retry_invoice_item(&self, id: i64, now: UnixMillis) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(invoices::retry(&self.pool, id, now).await)
+    }
+
+    async fn invoice_items(
+        &self,
+        filter: &OutboxFilter,
+    ) -> Result<Vec<InvoiceItemRow>, StoreError> {
+        done::<DB, _>(invoices::list(&self.pool, filter).await)
     }
 }
 

@@ -28,6 +28,7 @@ impl Driver for Sqlite {
     const ADD_TO_DAILY: &'static str = ON_CONFLICT_ADD_TO_DAILY;
     // SQLITE_MAX_VARIABLE_NUMBER of the bundled SQLite (3.32 and later).
     const MAX_PARAMS: usize = 32_766;
+    const INT_CAST: &'static str = "INTEGER";
 
     fn migrator() -> Migrator {
         let mut migrator = sqlx::migrate!("migrations/sqlite");

@@ -56,6 +56,10 @@ pub struct StripeConfig {
     /// (backoff between them: 1 s, 2 s, 4 s, … at most 10 min).
     #[serde(default = "default_max_attempts")]
     pub meter_max_attempts: u32,
+    /// How long after a per-call plan's period ends its invoice items are
+    /// made, in seconds (calls running at the boundary settle meanwhile).
+    #[serde(default = "default_invoice_delay_secs")]
+    pub invoice_delay_secs: u64,
     /// Where Checkout sends a customer after paying.
     pub success_url: Option<String>,
     /// Where Checkout sends a customer who goes back without paying.
@@ -107,6 +111,7 @@ impl fmt::Debug for StripeConfig {
             .field("api_base", &self.api_base)
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("meter_max_attempts", &self.meter_max_attempts)
+            .field("invoice_delay_secs", &self.invoice_delay_secs)
             .field("success_url", &self.success_url)
             .field("cancel_url", &self.cancel_url)
             .field("public_url", &self.public_url)
@@ -157,6 +162,13 @@ fn default_api_base() -> String {
 
 fn default_request_timeout_secs() -> u64 {
     DEFAULT_REQUEST_TIMEOUT_SECS
+}
+
+/// The default delay between a period's end and its invoice items.
+pub const DEFAULT_INVOICE_DELAY_SECS: u64 = 600;
+
+fn default_invoice_delay_secs() -> u64 {
+    DEFAULT_INVOICE_DELAY_SECS
 }
 
 fn default_pay_link_ttl_secs() -> u64 {

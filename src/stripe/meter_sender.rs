@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::{StripeApi, StripeCallError};
 use super::customers::{CustomerLinkError, ensure_stripe_customer};
-use super::worker::backoff;
+use super::worker::next_attempt;
 use crate::store::Store;
 
 /// Due events read at once.
@@ -229,10 +229,7 @@ impl MeterSender {
         now: UnixMillis,
     ) -> Result<Outcome, StoreError> {
         let failures = failures_before.saturating_add(1);
-        let retry_at = (retryable && failures < self.max_attempts).then(|| {
-            let delay = i64::try_from(backoff(failures).as_millis()).unwrap_or(i64::MAX);
-            UnixMillis(now.0.saturating_add(delay))
-        });
+        let retry_at = next_attempt(failures, retryable, self.max_attempts, now);
         self.store
             .mark_meter_batch_failed(batch, message, retry_at)
             .await?;

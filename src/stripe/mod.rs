@@ -12,7 +12,8 @@
 //!   created on demand; [`checkout`]: Checkout Sessions; [`pay_link`]: the
 //!   signed `/pay/<token>` links refusals carry; [`pay`]: the routes that
 //!   open them (`GET /pay/<token>`, `POST /api/v1/me/checkout`).
-//! * [`meter_sender`]: drains the meter outbox into Stripe Meters.
+//! * [`meter_sender`]: drains the meter outbox into Stripe Meters;
+//!   [`invoicer`]: per-call plans' closed periods as invoice items.
 //!
 //! [`StripeRuntime`] ties them together.
 
@@ -21,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod customers;
 pub mod events;
+pub mod invoicer;
 pub mod meter_sender;
 pub mod pay;
 pub mod pay_link;
@@ -41,6 +43,7 @@ use crate::store::Store;
 use checkout::Checkout;
 use client::{ClientBuildError, StripeApi};
 use events::Processor;
+use invoicer::{InvoicedPlan, Invoicer};
 use meter_sender::MeterSender;
 use pay_link::PayLinks;
 
@@ -57,6 +60,8 @@ pub struct StripeRuntime {
     checkout: Option<Checkout>,
     pay_links: Option<PayLinks>,
     sender: Mutex<Option<JoinHandle<()>>>,
+    invoicer: Mutex<Option<Invoicer>>,
+    invoicer_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for StripeRuntime {
@@ -111,6 +116,18 @@ impl StripeRuntime {
         let checkout = api
             .clone()
             .and_then(|api| Checkout::new(api, store.clone(), stripe.clone()).ok());
+        let invoicer = api.clone().and_then(|api| {
+            let plans = mcp_meter_billing::Catalog::compile(&config.billing, &config.plans)
+                .map(|catalog| InvoicedPlan::all(&catalog))
+                .unwrap_or_default();
+            Invoicer::new(
+                store.clone(),
+                api,
+                plans,
+                std::time::Duration::from_secs(stripe.invoice_delay_secs),
+                stripe.meter_max_attempts,
+            )
+        });
         let pay_links = if checkout.is_some() {
             PayLinks::new(&stripe)
         } else {
@@ -137,6 +154,8 @@ impl StripeRuntime {
             checkout,
             pay_links,
             sender: Mutex::new(None),
+            invoicer: Mutex::new(invoicer),
+            invoicer_task: Mutex::new(None),
         })))
     }
 
@@ -185,18 +204,25 @@ impl StripeRuntime {
         );
     }
 
-    /// Starts the background tasks: the webhook worker and the meter
-    /// sender.
+    /// Starts the background tasks: the webhook worker, the meter sender
+    /// and the invoicer (once; it needs a Tokio runtime).
     pub fn start(&self) {
         self.ensure_worker();
         self.ensure_meter_sender();
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let invoicer = self.invoicer.lock().ok().and_then(|mut i| i.take());
+        if let (Some(invoicer), Ok(mut task)) = (invoicer, self.invoicer_task.lock()) {
+            *task = Some(invoicer.spawn(self.shutdown.clone()));
+        }
     }
 
     /// Stops the background tasks and waits (at most `grace`) for them to
     /// finish what they are doing.
     pub async fn stop(&self, grace: std::time::Duration) {
         self.shutdown.cancel();
-        let handles: Vec<JoinHandle<()>> = [&self.worker, &self.sender]
+        let handles: Vec<JoinHandle<()>> = [&self.worker, &self.sender, &self.invoicer_task]
             .into_iter()
             .filter_map(|slot| slot.lock().ok().and_then(|mut h| h.take()))
             .collect();

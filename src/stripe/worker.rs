@@ -42,6 +42,21 @@ pub fn backoff(failures: u32) -> Duration {
         .min(MAX_BACKOFF)
 }
 
+/// When to try again after a failed attempt that made `failures` in all:
+/// `None` (give up) when the failure will not pass or the attempts are
+/// used up, else after the [`backoff`].
+pub fn next_attempt(
+    failures: u32,
+    retryable: bool,
+    max_attempts: u32,
+    now: UnixMillis,
+) -> Option<UnixMillis> {
+    (retryable && failures < max_attempts).then(|| {
+        let delay = i64::try_from(backoff(failures).as_millis()).unwrap_or(i64::MAX);
+        UnixMillis(now.0.saturating_add(delay))
+    })
+}
+
 /// Starts the worker: it processes due events with `processor` until
 /// `shutdown`, woken early by `wake`.
 pub fn spawn_worker(
