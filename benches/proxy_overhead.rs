@@ -1721,6 +1721,7 @@ async fn records_by_method(store: &dyn store::Store, customer: &str) -> Res<BTre
         since: None,
         until: None,
         limit: u32::MAX,
+        ..UsageFilter::default()
     };
     let records = store
         .usage_records(&filter)

@@ -419,6 +419,23 @@ pub enum StripeAction {
         #[command(flatten)]
         item: CheckoutItemArgs,
     },
+    /// Compare local state with Stripe and print every difference: credit
+    /// packs of completed Checkout Sessions, subscriptions, Stripe
+    /// customers, the meter outbox. Changes nothing without --fix.
+    Reconcile {
+        /// Only Checkout Sessions created at or after this time (RFC 3339);
+        /// subscriptions, customers and the outbox are always compared whole.
+        #[arg(long)]
+        since: Option<String>,
+        /// Repair what can be repaired: grant credit packs never granted,
+        /// apply Stripe's subscription state, queue parked meter batches
+        /// again.
+        #[arg(long)]
+        fix: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `plans` subcommands.

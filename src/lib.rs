@@ -8,6 +8,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod admin;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod demo_upstream;

@@ -60,6 +60,7 @@ fn all(limit: u32) -> UsageFilter {
         since: None,
         until: None,
         limit,
+        ..UsageFilter::default()
     }
 }
 
@@ -605,6 +606,7 @@ async fn usage_records_and_roll_ups_are_filtered(db: TestDb) {
         since: Some(UnixMillis(DAY0 + 10 * 3_600_000)),
         until: Some(UnixMillis(DAY0 + 40 * 3_600_000)),
         limit: 1_000,
+        ..UsageFilter::default()
     };
     let expected: Vec<UsageRecord> = records
         .iter()

@@ -2125,6 +2125,7 @@ mod recovery {
             since: None,
             until: None,
             limit: 100,
+            ..UsageFilter::default()
         };
         let records = store.usage_records(&filter).await.expect("records");
         let outcomes: Vec<(&str, UsageOutcome)> = records

@@ -334,7 +334,9 @@ fn print_schedule(plan: &Plan, schedule: &PriceSchedule) {
     }
 }
 
-fn describe(plan: &Plan) -> serde_json::Value {
+/// A plan as JSON: its model, unit, effective prices and the model's numbers
+/// (the CLI's `--json` and the API's `/plans`).
+pub(crate) fn describe(plan: &Plan) -> serde_json::Value {
     let mut value = json!({
         "id": plan.id,
         "name": plan.name,

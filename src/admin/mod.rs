@@ -48,6 +48,9 @@ pub enum AdminError {
     /// An argument is not valid.
     #[error("{0}")]
     BadInput(String),
+    /// `stripe reconcile` could not run to the end.
+    #[error(transparent)]
+    Reconcile(#[from] crate::stripe::reconcile::ReconcileError),
 }
 
 /// Opens (and migrates) the database an admin command names.
@@ -240,6 +243,7 @@ pub async fn usage(args: &DatabaseArgs, query: UsageQuery<'_>) -> Result<(), Adm
         since: query.since.map(|t| parse_time(t, "--since")).transpose()?,
         until: query.until.map(|t| parse_time(t, "--until")).transpose()?,
         limit: query.limit,
+        ..UsageFilter::default()
     };
     let store = open_store(args).await?;
     if query.daily {

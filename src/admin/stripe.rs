@@ -1,8 +1,9 @@
-//! `mcp-meter stripe checkout|link`: the operator opens a Checkout Session
-//! for a customer (printing where they pay), or makes the payment link a
-//! refusal would carry. Both need the configuration's `[stripe]` (with
-//! `secret_key` and `success_url`; a link also `public_url`) and its
-//! `[database]`.
+//! `mcp-meter stripe checkout|link|reconcile`: the operator opens a
+//! Checkout Session for a customer (printing where they pay), makes the
+//! payment link a refusal would carry, or compares local state with Stripe
+//! (and repairs it with `--fix`). Each needs the configuration's `[stripe]`
+//! (with `secret_key`; checkout also `success_url`, a link `public_url`)
+//! and its `[database]`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use mcp_meter_plugin::identity::UnixMillis;
 use serde_json::json;
 
-use super::{AdminError, customer_id, print_json};
+use super::{AdminError, customer_id, parse_time, print_json};
 use crate::cli::{CheckoutItemArgs, StripeAction};
 use crate::config::Config;
 use crate::services::store_options;
@@ -18,6 +19,7 @@ use crate::store;
 use crate::stripe::checkout::Checkout;
 use crate::stripe::client::StripeApi;
 use crate::stripe::pay_link::PayLinks;
+use crate::stripe::reconcile::{ReconcileOptions, Reconciler};
 use crate::stripe::{CheckoutItem, StripeConfig};
 
 /// `mcp-meter stripe …`.
@@ -81,7 +83,35 @@ pub async fn run(config_path: Option<&Path>, action: &StripeAction) -> Result<()
             println!("{link}");
             Ok(())
         }
+        StripeAction::Reconcile { since, fix, json } => {
+            reconcile(&config, &stripe, since.as_deref(), *fix, *json).await
+        }
     }
+}
+
+/// `mcp-meter stripe reconcile`: prints the report; differences are not
+/// errors (exit 0), a Stripe or database failure is.
+async fn reconcile(
+    config: &Config,
+    stripe: &StripeConfig,
+    since: Option<&str>,
+    fix: bool,
+    json: bool,
+) -> Result<(), AdminError> {
+    let options = ReconcileOptions {
+        since: since.map(|t| parse_time(t, "--since")).transpose()?,
+        fix,
+    };
+    let reconciler = Reconciler::new(stripe, config)?;
+    let database = config.database.as_ref().ok_or(AdminError::NoDatabase)?;
+    let store = store::open(&store_options(database)).await?;
+    let report = reconciler.run(store.as_ref(), &options).await?;
+    if json {
+        print_json(&report);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
 }
 
 /// The pack or plan named on the command line, checked against `[stripe]`.

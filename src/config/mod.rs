@@ -103,6 +103,9 @@ pub struct Config {
     /// to plans and credit packs. Without it `POST /webhooks/stripe`
     /// answers `404`.
     pub stripe: Option<crate::stripe::StripeConfig>,
+    /// The management API under `/api/v1` (admin tokens, limits). Without
+    /// it only `/api/v1/me/checkout` is served.
+    pub api: Option<crate::api::ApiConfig>,
 }
 
 impl Config {

@@ -164,6 +164,11 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             problem(&path, message);
         }
     }
+    if let Some(api) = &config.api {
+        for (path, message) in crate::api::config::problems(api, config.database.is_some()) {
+            problem(&path, message);
+        }
+    }
     if let Some(limits) = &config.rate_limits {
         for found in limits.validate() {
             let found = found.under("rate_limits");

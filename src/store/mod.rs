@@ -48,11 +48,13 @@ use std::fmt;
 
 use async_trait::async_trait;
 use mcp_meter_plugin::identity::{
-    ApiKeyRecord, Customer, CustomerId, CustomerStatus, KeyId, KeyScope, UnixMillis,
+    ApiKeyRecord, CallId, Customer, CustomerId, CustomerStatus, KeyId, KeyScope, UnixMillis,
 };
 use mcp_meter_plugin::ledger::Ledger;
 use mcp_meter_plugin::outbox::{MeterOutbox, OutboxFilter};
-use mcp_meter_plugin::ports::{CustomerDirectory, NewCustomer, StoreError, UsageRecord, UsageSink};
+use mcp_meter_plugin::ports::{
+    CustomerDirectory, NewCustomer, StoreError, UsageOutcome, UsageRecord, UsageSink,
+};
 use mcp_meter_plugin::subscription::{Subscription, SubscriptionChange, Subscriptions};
 use serde::Serialize;
 
@@ -111,7 +113,7 @@ pub struct NewApiKey {
 }
 
 /// Which usage to read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UsageFilter {
     /// Only this customer's usage (all usage when `None`).
     pub customer: Option<CustomerId>,
@@ -123,6 +125,13 @@ pub struct UsageFilter {
     pub until: Option<UnixMillis>,
     /// At most this many rows.
     pub limit: u32,
+    /// Only calls of this tool.
+    pub tool: Option<String>,
+    /// Only calls with this outcome (records only; roll-ups have none).
+    pub outcome: Option<UsageOutcome>,
+    /// Records after this one in their order (`started_at`, `call_id`):
+    /// the keyset of the last record of the previous page.
+    pub after: Option<(UnixMillis, CallId)>,
 }
 
 /// One row of the daily roll-up: the totals of one UTC day for one customer,

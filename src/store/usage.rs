@@ -222,6 +222,22 @@ pub(super) async fn records<DB: Driver>(
     if let Some(until) = filter.until {
         statement.push(" AND started_at < ").bind(until);
     }
+    if let Some(tool) = &filter.tool {
+        statement.push(" AND tool = ").bind(tool.as_str());
+    }
+    if let Some(outcome) = filter.outcome {
+        statement.push(" AND outcome = ").bind(outcome.as_str());
+    }
+    if let Some((at, call)) = &filter.after {
+        statement
+            .push(" AND (started_at > ")
+            .bind(*at)
+            .push(" OR (started_at = ")
+            .bind(*at)
+            .push(" AND call_id > ")
+            .bind(call.as_str())
+            .push("))");
+    }
     statement
         .push(" ORDER BY started_at, call_id LIMIT ")
         .bind(i64::from(filter.limit));
@@ -258,6 +274,9 @@ pub(super) async fn daily<DB: Driver>(
         .map(|until| rollup::utc_day(UnixMillis(until.0.saturating_sub(1))));
     if let Some(until) = &until {
         statement.push(" AND day <= ").bind(until.as_str());
+    }
+    if let Some(tool) = &filter.tool {
+        statement.push(" AND tool = ").bind(tool.as_str());
     }
     statement
         .push(" ORDER BY day, customer_id, method, tool LIMIT ")

@@ -27,6 +27,7 @@ use mcp_meter_plugin::subscription::{SubscriptionChange, SubscriptionStatus};
 use serde_json::Value;
 
 use super::config::StripeConfig;
+use crate::config::Config;
 use crate::store::{Store, WebhookEvent};
 
 /// The metadata key naming mcp-meter's customer id (on Checkout Sessions
@@ -207,6 +208,22 @@ impl Processor {
         }
     }
 
+    /// From `stripe` and the rest of `config`: its `subscription` plans and
+    /// `[billing] default_plan`.
+    pub fn for_config(stripe: StripeConfig, config: &Config) -> Self {
+        let subscription_plans = config
+            .plans
+            .iter()
+            .filter(|plan| plan.model == "subscription")
+            .map(|plan| plan.id.clone())
+            .collect();
+        Self::new(
+            stripe,
+            subscription_plans,
+            config.billing.default_plan.as_deref(),
+        )
+    }
+
     /// The configuration.
     pub fn config(&self) -> &StripeConfig {
         &self.stripe
@@ -227,7 +244,10 @@ impl Processor {
         }
     }
 
-    async fn purchase(
+    /// Grants a credit pack once per Checkout Session (ledger key
+    /// `checkout:{session id}`): what a paid `checkout.session.completed`
+    /// does, and what `stripe reconcile --fix` does for one it missed.
+    pub(crate) async fn purchase(
         &self,
         store: &dyn Store,
         purchase: &Purchase,
@@ -237,7 +257,7 @@ impl Processor {
             customer_id: customer.id.clone(),
             kind: EntryKind::Purchase,
             amount: purchase.credits,
-            idempotency_key: format!("checkout:{}", purchase.session),
+            idempotency_key: purchase_key(&purchase.session),
             reason: Some(format!(
                 "credit pack {} (Stripe Checkout Session {})",
                 purchase.pack, purchase.session
@@ -262,7 +282,11 @@ impl Processor {
         })
     }
 
-    async fn subscription(
+    /// Applies a subscription change (older than the last provider event
+    /// applied: nothing changes); an ending one moves the customer to the
+    /// plan for after a cancellation. What subscription events do, and what
+    /// `stripe reconcile --fix` does with Stripe's current state.
+    pub(crate) async fn subscription(
         &self,
         store: &dyn Store,
         update: &SubscriptionUpdate,
@@ -332,10 +356,19 @@ impl Processor {
     }
 }
 
-/// Finds the customer an event names, and links their Stripe customer id
-/// when they have none yet.
-async fn resolve(store: &dyn Store, reference: &CustomerRef) -> Result<Customer, EventError> {
-    let customer = match (&reference.ours, &reference.stripe) {
+/// The ledger idempotency key of the credit pack bought in Checkout Session
+/// `session`.
+pub(crate) fn purchase_key(session: &str) -> String {
+    format!("checkout:{session}")
+}
+
+/// Finds the customer an event names (mcp-meter's id first, else the one
+/// linked to the Stripe customer), without changing anything.
+pub(crate) async fn find_customer(
+    store: &dyn Store,
+    reference: &CustomerRef,
+) -> Result<Customer, EventError> {
+    Ok(match (&reference.ours, &reference.stripe) {
         (Some(ours), _) => {
             let id =
                 CustomerId::parse(ours).ok_or_else(|| EventError::UnknownCustomer(ours.clone()))?;
@@ -349,7 +382,13 @@ async fn resolve(store: &dyn Store, reference: &CustomerRef) -> Result<Customer,
             .await?
             .ok_or_else(|| EventError::UnknownStripeCustomer(stripe.clone()))?,
         (None, None) => return Err(EventError::NoCustomer),
-    };
+    })
+}
+
+/// Finds the customer an event names, and links their Stripe customer id
+/// when they have none yet.
+async fn resolve(store: &dyn Store, reference: &CustomerRef) -> Result<Customer, EventError> {
+    let customer = find_customer(store, reference).await?;
     if let Some(stripe) = &reference.stripe {
         match customer.stripe_customer_id.as_deref() {
             None => {

@@ -14,6 +14,8 @@
 //!   open them (`GET /pay/<token>`, `POST /api/v1/me/checkout`).
 //! * [`meter_sender`]: drains the meter outbox into Stripe Meters;
 //!   [`invoicer`]: per-call plans' closed periods as invoice items.
+//! * [`reconcile`]: compares local state with Stripe (`mcp-meter stripe
+//!   reconcile`) and repairs what it can.
 //!
 //! [`StripeRuntime`] ties them together.
 
@@ -26,6 +28,7 @@ pub mod invoicer;
 pub mod meter_sender;
 pub mod pay;
 pub mod pay_link;
+pub mod reconcile;
 pub mod signature;
 pub mod webhook;
 pub mod worker;
@@ -133,17 +136,7 @@ impl StripeRuntime {
         } else {
             None
         };
-        let subscription_plans = config
-            .plans
-            .iter()
-            .filter(|plan| plan.model == "subscription")
-            .map(|plan| plan.id.clone())
-            .collect();
-        let processor = Processor::new(
-            stripe,
-            subscription_plans,
-            config.billing.default_plan.as_deref(),
-        );
+        let processor = Processor::for_config(stripe, config);
         Ok(Some(Arc::new(Self {
             store,
             processor: Arc::new(processor),

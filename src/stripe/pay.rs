@@ -19,9 +19,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use mcp_meter_auth::{Authenticator, Identity};
-use mcp_meter_plugin::Credentials;
-use mcp_meter_plugin::identity::{CustomerStatus, UnixMillis};
+use mcp_meter_auth::Authenticator;
+use mcp_meter_plugin::identity::UnixMillis;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -163,40 +162,11 @@ async fn me_checkout(State(state): State<PayState>, headers: HeaderMap, body: Bo
             "Stripe checkout is not configured on this server",
         );
     };
-    let Some(authenticator) = &state.authenticator else {
-        return json_error(
-            StatusCode::NOT_FOUND,
-            "not_configured",
-            "self-service needs the auth plugin: customers are identified by their API key",
-        );
+    let customer = match crate::api::auth::customer(state.authenticator.as_deref(), &headers).await
+    {
+        Ok(customer) => customer,
+        Err(error) => return error.into_response(),
     };
-    let credentials = Credentials {
-        headers: headers.clone(),
-        api_key: None,
-    };
-    // Not a JSON-RPC method: never public, so a credential is required.
-    let customer = match authenticator.identify(&credentials, ME_CHECKOUT_PATH).await {
-        Ok(Identity::Known(known)) => known.caller.customer.clone(),
-        Ok(Identity::Anonymous) => {
-            return json_error(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "send your API key: Authorization: Bearer mcp_…",
-            );
-        }
-        Err(failure) => {
-            let status =
-                StatusCode::from_u16(failure.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
-            return json_error(status, failure.public_reason, &failure.message);
-        }
-    };
-    if customer.status == CustomerStatus::Suspended {
-        return json_error(
-            StatusCode::FORBIDDEN,
-            "customer_suspended",
-            "this customer account is suspended; contact the service operator",
-        );
-    }
     let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(body) => body,
         Err(_) => {

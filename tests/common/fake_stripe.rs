@@ -8,7 +8,8 @@
 //! * `POST /v1/customers`, `GET /v1/customers/{id}` (`expand[]=subscriptions`
 //!   embeds the subscriptions given to [`FakeStripe::add_subscription`]);
 //! * `POST /v1/checkout/sessions`, `GET /v1/checkout/sessions` (filters
-//!   `customer`, `status`, `subscription`; paging `limit`, `starting_after`,
+//!   `customer`, `status`, `subscription`, `created` (a Unix time, or
+//!   `created[gt|gte|lt|lte]`); paging `limit`, `starting_after`,
 //!   `ending_before`), `GET /v1/checkout/sessions/{id}`;
 //! * `POST /v1/billing/meter_events` (an `identifier` seen before is
 //!   rejected, like Stripe: `400 invalid_request_error`,
@@ -1305,6 +1306,7 @@ fn list_sessions(books: &Books, p: &Params) -> Result<(u16, Value), ApiError> {
         ));
     }
     let subscription = p.opt_str("subscription")?;
+    let created = created_range(p)?;
     let matching: Vec<Value> = books
         .sessions
         .iter()
@@ -1313,9 +1315,62 @@ fn list_sessions(books: &Books, p: &Params) -> Result<(u16, Value), ApiError> {
         .filter(|s| customer.is_none_or(|c| s["customer"] == c))
         .filter(|s| status.is_none_or(|st| s["status"] == st))
         .filter(|s| subscription.is_none_or(|sub| s["subscription"] == sub))
+        .filter(|s| s["created"].as_i64().is_some_and(|at| created.contains(at)))
         .cloned()
         .collect();
     Ok((200, paginate(matching, p, "/v1/checkout/sessions")?))
+}
+
+/// A `created` filter: bounds on a Unix time, each inclusive.
+struct CreatedRange {
+    from: i64,
+    to: i64,
+}
+
+impl CreatedRange {
+    fn contains(&self, at: i64) -> bool {
+        (self.from..=self.to).contains(&at)
+    }
+}
+
+/// `created=T` (exactly), or any of `created[gt]`, `created[gte]`,
+/// `created[lt]`, `created[lte]`.
+fn created_range(p: &Params) -> Result<CreatedRange, ApiError> {
+    let mut range = CreatedRange {
+        from: i64::MIN,
+        to: i64::MAX,
+    };
+    let int = |name: &str, text: &str| {
+        text.parse::<i64>()
+            .map_err(|_| ApiError::invalid_integer(name, text))
+    };
+    match p.get("created") {
+        None => {}
+        Some(Value::String(text)) => {
+            let at = int("created", text)?;
+            range = CreatedRange { from: at, to: at };
+        }
+        Some(Value::Object(bounds)) => {
+            for (op, value) in bounds {
+                let name = format!("created[{op}]");
+                let at = int(&name, value.as_str().unwrap_or_default())?;
+                match op.as_str() {
+                    "gt" => range.from = range.from.max(at.saturating_add(1)),
+                    "gte" => range.from = range.from.max(at),
+                    "lt" => range.to = range.to.min(at.saturating_sub(1)),
+                    "lte" => range.to = range.to.min(at),
+                    _ => {
+                        return Err(ApiError::invalid(
+                            &name,
+                            format!("Received unknown parameter: {name}"),
+                        ));
+                    }
+                }
+            }
+        }
+        Some(_) => return Err(ApiError::invalid("created", "Invalid timestamp range")),
+    }
+    Ok(range)
 }
 
 fn create_meter_event(books: &mut Books, p: &Params, now: i64) -> Result<(u16, Value), ApiError> {

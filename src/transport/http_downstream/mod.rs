@@ -84,6 +84,34 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
         .with_state(state)
         .merge(stripe_webhook::routes(stripe.clone()))
         .merge(stripe_pay::routes(stripe, proxy.authenticator().cloned()))
+        .merge(api_routes(&proxy))
+}
+
+/// The management API when `[api]` and a `[database]` are configured (an
+/// empty router otherwise).
+fn api_routes(proxy: &Arc<Proxy>) -> Router {
+    let config = proxy.config();
+    let (Some(api), Some(store)) = (&config.api, proxy.store()) else {
+        return Router::new();
+    };
+    let catalog = match mcp_meter_billing::Catalog::compile(&config.billing, &config.plans) {
+        Ok(catalog) => catalog,
+        Err(problems) => {
+            // `check` and the start refuse such plans before this.
+            tracing::error!(
+                ?problems,
+                "the plans do not compile; the management API is off"
+            );
+            return Router::new();
+        }
+    };
+    let state = crate::api::ApiState {
+        store: store.clone(),
+        catalog: Arc::new(catalog),
+        admin_tokens: Arc::new(api.admin_tokens.clone()),
+        authenticator: proxy.authenticator().cloned(),
+    };
+    crate::api::router(state, api.max_body_bytes)
 }
 
 /// Serves `router(proxy)` on `listener` until the proxy shuts down; in-flight
