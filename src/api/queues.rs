@@ -1,7 +1,8 @@
 //! What waits for the payment provider: the meter outbox
 //! (`GET /outbox`, `POST /outbox/{id}/retry`), per-call plans' invoice
 //! items (`GET /invoices`, `POST /invoices/{id}/retry`), and Stripe's
-//! webhook events (`GET /webhook-events`, `GET /webhook-events/{id}`).
+//! webhook events (`GET /webhook-events`, `GET /webhook-events/{id}`,
+//! `POST /webhook-events/{id}/retry` for one that `failed`).
 
 use axum::Json;
 use axum::Router;
@@ -27,6 +28,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/invoices/{id}/retry", post(retry_invoice))
         .route("/webhook-events", get(webhook_events))
         .route("/webhook-events/{id}", get(webhook_event))
+        .route("/webhook-events/{id}/retry", post(retry_webhook_event))
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,4 +163,21 @@ async fn webhook_event(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("there is no webhook event {id:?}")))
+}
+
+async fn retry_webhook_event(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if state
+        .store
+        .retry_webhook_event(&id, UnixMillis::now())
+        .await?
+    {
+        Ok(Json(json!({ "id": id, "status": "pending" })))
+    } else {
+        Err(ApiError::not_found(format!(
+            "there is no failed webhook event {id:?} (only failed events can be retried)"
+        )))
+    }
 }

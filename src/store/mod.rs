@@ -304,6 +304,10 @@ pub trait WebhookStore: Send + Sync + 'static {
         retry_at: Option<UnixMillis>,
     ) -> Result<(), StoreError>;
 
+    /// Puts a `failed` event back in the queue, due at `now` (its failed
+    /// attempts are kept); `false` when no failed event has this id.
+    async fn retry_webhook_event(&self, id: &str, now: UnixMillis) -> Result<bool, StoreError>;
+
     /// Stored events matching `filter`, by id ascending.
     async fn webhook_events(&self, filter: &WebhookFilter)
     -> Result<Vec<WebhookEvent>, StoreError>;

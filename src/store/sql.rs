@@ -390,6 +390,11 @@ impl<DB: Driver> WebhookStore for SqlStore<DB> {
         done::<DB, _>(webhooks::insert(&self.pool, new).await)
     }
 
+    async fn retry_webhook_event(&self, id: &str, now: UnixMillis) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(webhooks::retry(&self.pool, id, now).await)
+    }
+
     async fn webhook_event(&self, id: &str) -> Result<Option<WebhookEvent>, StoreError> {
         done::<DB, _>(webhooks::find(&self.pool, id).await)
     }
