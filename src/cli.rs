@@ -74,6 +74,12 @@ pub enum Command {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Database maintenance: copy a whole store into another database.
+    Db {
+        /// What to do.
+        #[command(subcommand)]
+        action: DbAction,
+    },
     /// Manage customers.
     Customers {
         /// Which database.
@@ -193,6 +199,27 @@ pub struct DatabaseArgs {
         hide_env_values = true
     )]
     pub database_url: Option<String>,
+}
+
+/// `db` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DbAction {
+    /// Copy every row of one database into another (SQLite, PostgreSQL,
+    /// MySQL/MariaDB, in any direction), then verify the copy. The target is
+    /// migrated first and must be empty, or hold what an interrupted run of
+    /// the same copy left (it then continues). Stop the proxy first.
+    Copy {
+        /// The database to copy from (only read), e.g.
+        /// `sqlite://mcp-meter.db`.
+        #[arg(long, env = "MCP_METER_COPY_FROM", hide_env_values = true)]
+        from: String,
+        /// The database to copy into, e.g. `postgres://user:pass@host/meter`.
+        #[arg(long, env = "MCP_METER_COPY_TO", hide_env_values = true)]
+        to: String,
+        /// Rows per batch; each batch is one transaction on the target.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        batch: u32,
+    },
 }
 
 /// `customers` subcommands.

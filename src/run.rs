@@ -163,6 +163,10 @@ async fn dispatch(cli: Cli) -> Result<(), RunError> {
             crate::admin::migrate(&database).await?;
             Ok(())
         }
+        Command::Db { action } => {
+            crate::admin::db::run(&action).await?;
+            Ok(())
+        }
         Command::Customers { database, action } => {
             crate::admin::customers(&database, &action).await?;
             Ok(())

@@ -1,4 +1,4 @@
-//! The admin commands (`migrate`, `customers`, `keys`, `usage`): each opens
+//! The admin commands (`migrate`, `customers`, `keys`, `usage`, `db copy`): each opens
 //! the configured database, does one thing, and prints a table (or JSON with
 //! `--json`). They mirror what the management API will offer.
 //!
@@ -6,6 +6,7 @@
 //! store keeps its SHA-256 hash and its visible prefix only.
 
 pub mod billing;
+pub mod db;
 pub mod outbox;
 pub mod stripe;
 pub mod subscriptions;
@@ -45,6 +46,9 @@ pub enum AdminError {
     /// The database refused or failed the operation.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `db copy` failed.
+    #[error(transparent)]
+    Copy(#[from] store::CopyError),
     /// An argument is not valid.
     #[error("{0}")]
     BadInput(String),

@@ -68,6 +68,12 @@ pub(super) trait Driver:
     /// (SQLite pragmas, for instance).
     fn connect_options(url: &str) -> Result<ConnectOptionsOf<Self>, sqlx::Error>;
 
+    /// Connect options that open an existing database only (the source of
+    /// `db copy`: a SQLite file is not created when it is missing).
+    fn existing_only(options: ConnectOptionsOf<Self>) -> ConnectOptionsOf<Self> {
+        options
+    }
+
     /// Pool settings this backend needs beyond the common ones.
     fn tune_pool(pool: PoolOptions<Self>, _url: &str) -> PoolOptions<Self> {
         pool
@@ -136,6 +142,8 @@ pub(super) trait Bind: Arguments {
     fn add_opt_int(&mut self, value: Option<i64>) -> Result<(), BoxDynError>;
     /// Adds a byte string.
     fn add_bytes(&mut self, value: &[u8]) -> Result<(), BoxDynError>;
+    /// Adds a nullable byte string.
+    fn add_opt_bytes(&mut self, value: Option<&[u8]>) -> Result<(), BoxDynError>;
 }
 
 impl<A> Bind for A
@@ -146,6 +154,7 @@ where
     for<'a> i64: Encode<'a, A::Database> + Type<A::Database>,
     for<'a> Option<i64>: Encode<'a, A::Database>,
     for<'a> &'a [u8]: Encode<'a, A::Database> + Type<A::Database>,
+    for<'a> Option<&'a [u8]>: Encode<'a, A::Database>,
 {
     fn add_text(&mut self, value: &str) -> Result<(), BoxDynError> {
         self.add(value)
@@ -162,6 +171,9 @@ where
     fn add_bytes(&mut self, value: &[u8]) -> Result<(), BoxDynError> {
         self.add(value)
     }
+    fn add_opt_bytes(&mut self, value: Option<&[u8]>) -> Result<(), BoxDynError> {
+        self.add(value)
+    }
 }
 
 /// Reads columns of the few types the store uses, by position.
@@ -174,6 +186,8 @@ pub(super) trait Read: Row {
     fn int(&self, index: usize) -> Result<i64, sqlx::Error>;
     /// A nullable 64-bit integer column.
     fn opt_int(&self, index: usize) -> Result<Option<i64>, sqlx::Error>;
+    /// A nullable byte-string column.
+    fn opt_bytes(&self, index: usize) -> Result<Option<Vec<u8>>, sqlx::Error>;
 }
 
 impl<R> Read for R
@@ -182,6 +196,7 @@ where
     usize: ColumnIndex<R>,
     String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
     i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    Vec<u8>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
 {
     fn text(&self, index: usize) -> Result<String, sqlx::Error> {
         self.try_get(index)
@@ -193,6 +208,9 @@ where
         self.try_get(index)
     }
     fn opt_int(&self, index: usize) -> Result<Option<i64>, sqlx::Error> {
+        self.try_get(index)
+    }
+    fn opt_bytes(&self, index: usize) -> Result<Option<Vec<u8>>, sqlx::Error> {
         self.try_get(index)
     }
 }

@@ -18,9 +18,12 @@
 //! (`driver`, `statement`, then `customers`, `keys`, `usage`, `ledger`,
 //! `subscriptions`, `outbox`);
 //! `sqlite`, `postgres` and `mysql` hold only what differs per backend.
+//! `copy` moves a whole store into another database, any backend to any
+//! other (`mcp-meter db copy`).
 //! This module must never hold a secret in clear: keys arrive as their
 //! SHA-256 hash.
 
+mod copy;
 mod customers;
 mod driver;
 mod error;
@@ -58,6 +61,10 @@ use mcp_meter_plugin::ports::{
 use mcp_meter_plugin::subscription::{Subscription, SubscriptionChange, Subscriptions};
 use serde::Serialize;
 
+pub use copy::{
+    CopyError, CopyOptions, CopyReport, Progress, ResumePoint, TableProgress, TableReport,
+    copy_database,
+};
 pub use error::OpenError;
 pub use invoices::{InvoiceItemRow, NewInvoiceItem, PeriodCharges};
 pub use open::{migrate, open};

@@ -38,7 +38,8 @@ pub async fn migrate(options: &StoreOptions) -> Result<MigrationReport, OpenErro
     }
 }
 
-fn backend(options: &StoreOptions) -> Result<Backend, OpenError> {
+/// The backend `options.url` names; an unknown scheme is an error.
+pub(super) fn backend(options: &StoreOptions) -> Result<Backend, OpenError> {
     backend_of(&options.url).ok_or_else(|| OpenError::UnsupportedUrl {
         url: redact_url(&options.url),
     })
@@ -69,15 +70,37 @@ async fn migrate_with<DB: Driver>(options: &StoreOptions) -> Result<MigrationRep
 
 /// One connection, made directly (not through a pool, which would retry a
 /// refused connection until its timeout and then report only the timeout).
-async fn connect_once<DB: Driver>(
+pub(super) async fn connect_once<DB: Driver>(
     options: &StoreOptions,
 ) -> Result<(ConnectOptionsOf<DB>, DB::Connection), OpenError> {
-    let connect = DB::connect_options(&options.url).map_err(|e| OpenError::InvalidUrl {
+    let connect = connect_options::<DB>(options)?;
+    let conn = connect_with::<DB>(options, &connect).await?;
+    Ok((connect, conn))
+}
+
+/// One connection to a database that must exist already (a missing SQLite
+/// file is an error instead of a new empty database): the source of
+/// `db copy`.
+pub(super) async fn connect_existing<DB: Driver>(
+    options: &StoreOptions,
+) -> Result<DB::Connection, OpenError> {
+    let connect = DB::existing_only(connect_options::<DB>(options)?);
+    connect_with::<DB>(options, &connect).await
+}
+
+fn connect_options<DB: Driver>(options: &StoreOptions) -> Result<ConnectOptionsOf<DB>, OpenError> {
+    DB::connect_options(&options.url).map_err(|e| OpenError::InvalidUrl {
         url: redact_url(&options.url),
         reason: e.to_string(),
-    })?;
+    })
+}
+
+async fn connect_with<DB: Driver>(
+    options: &StoreOptions,
+    connect: &ConnectOptionsOf<DB>,
+) -> Result<DB::Connection, OpenError> {
     match tokio::time::timeout(options.acquire_timeout, connect.connect()).await {
-        Ok(Ok(conn)) => Ok((connect, conn)),
+        Ok(Ok(conn)) => Ok(conn),
         Ok(Err(error)) => Err(connect_error::<DB>(options, error)),
         Err(_) => Err(OpenError::Unreachable {
             url: redact_url(&options.url),
@@ -86,7 +109,9 @@ async fn connect_once<DB: Driver>(
     }
 }
 
-async fn schema_on<DB: Driver>(
+/// Brings the schema of the database behind `conn` up to date, with any
+/// failure as an [`OpenError`] naming the URL.
+pub(super) async fn schema_on<DB: Driver>(
     options: &StoreOptions,
     conn: &mut DB::Connection,
 ) -> Result<MigrationReport, OpenError> {

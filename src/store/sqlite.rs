@@ -52,6 +52,11 @@ impl Driver for Sqlite {
             .pragma("temp_store", "memory"))
     }
 
+    /// A missing file is an error, not a new empty database.
+    fn existing_only(options: SqliteConnectOptions) -> SqliteConnectOptions {
+        options.create_if_missing(false)
+    }
+
     /// An in-memory database lives as long as one of its connections: keep
     /// one open for the life of the pool.
     fn tune_pool(pool: PoolOptions<Self>, url: &str) -> PoolOptions<Self> {

@@ -65,6 +65,12 @@ impl Value for &[u8] {
     }
 }
 
+impl Value for Option<&[u8]> {
+    fn add_to<A: Bind>(self, args: &mut A) -> Result<(), BoxDynError> {
+        args.add_opt_bytes(self)
+    }
+}
+
 /// The arguments handed to sqlx (a local type, so that it can say how it
 /// turns into the backend's arguments without a bound per backend).
 struct Args<DB: Database>(DB::Arguments);
