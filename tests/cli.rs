@@ -78,6 +78,7 @@ fn check_accepts_a_good_file_and_the_examples() {
                 ("UPSTREAM_TOKEN", "t"),
                 ("STRIPE_WEBHOOK_SECRET", "whsec_example"),
                 ("STRIPE_SECRET_KEY", "sk_test_example"),
+                ("MCP_METER_ADMIN_TOKEN", "0123456789abcdef0123456789abcdef"),
             ],
         );
         assert_eq!(code, Some(0), "{}: {stderr}", example.display());
