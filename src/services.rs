@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, DatabaseConfig};
 use crate::engine::PluginServices;
+use crate::metrics::{Metrics, ObservingSink};
 use crate::store::{self, OpenError, Store, StoreOptions};
 use crate::stripe::StripeRuntime;
 use crate::stripe::client::ClientBuildError;
@@ -94,12 +95,15 @@ pub async fn start(config: &Config) -> Result<RunningServices, ServicesError> {
             recorder: None,
             billing: None,
             stripe: None,
+            metrics: None,
         },
         recorder: None,
         flusher: None,
         recovery: None,
         stripe: None,
     };
+    let metrics = Arc::new(Metrics::new(config.metrics.clone()));
+    running.services.metrics = Some(metrics.clone());
     let stripe = StripeRuntime::new(config, store.clone(), CancellationToken::new())?;
     if let Some(stripe) = &stripe {
         stripe.start();
@@ -139,7 +143,14 @@ pub async fn start(config: &Config) -> Result<RunningServices, ServicesError> {
         ));
     }
     if wants("usage_recorder") {
-        let (layer, handle) = UsageRecorder::start(store.clone(), clock, config.usage.clone());
+        // Calls are counted for /metrics as their records are written.
+        let sink = Arc::new(ObservingSink::new(store.clone(), metrics.clone()));
+        let (layer, handle) = UsageRecorder::start(sink, clock, config.usage.clone());
+        let read = handle.stats_reader();
+        metrics.set_usage_stats(Box::new(move || {
+            let stats = read();
+            (stats.queued, stats.written, stats.failed_batches)
+        }));
         running.services.recorder = Some(layer);
         running.recorder = Some(handle);
     }

@@ -4,6 +4,8 @@
 //! `/me`, and every kind of bad request answered in the one error shape.
 
 mod common;
+#[path = "common/stripe_sign.rs"]
+mod stripe_sign;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -708,4 +710,146 @@ fn check_refuses_weak_admin_tokens() {
     ] {
         assert!(stderr.contains(needle), "{needle}: {stderr}");
     }
+}
+
+/// `/metrics` parsed by the official Prometheus Python client's parser.
+fn scrape(text: &str) -> Vec<Value> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(stripe_sign::python())
+        .arg(common::root().join("tests/python/parse_metrics.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run parse_metrics.py");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("parse_metrics.py");
+    assert!(
+        out.status.success(),
+        "the exposition does not parse: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Value>(&out.stdout)
+        .expect("JSON")
+        .as_array()
+        .expect("samples")
+        .clone()
+}
+
+fn sample(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s["name"] == name)
+        .filter(|s| labels.iter().all(|(k, v)| s["labels"][k] == *v))
+        .map(|s| s["value"].as_f64().expect("a number"))
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_parse_and_move_with_calls() {
+    let db = TestDb::sqlite().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proxy = start(dir.path(), db.url());
+    let api = Api::new(&proxy);
+    let (_, created) = api
+        .post("/customers", json!({ "name": "M", "plan": "starter" }))
+        .await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    let (_, key) = api.post(&format!("/customers/{id}/keys"), json!({})).await;
+    let secret = key["key"].as_str().expect("key").to_owned();
+    api.send(
+        Method::POST,
+        &format!("/customers/{id}/credits"),
+        Some(TOKEN),
+        Some(&json!({ "kind": "grant", "amount": 1 })),
+        &[],
+    )
+    .await;
+    let base = proxy.url.strip_suffix("/mcp").expect("mcp").to_owned();
+    let get_metrics = || async {
+        let response = reqwest::get(format!("{base}/metrics"))
+            .await
+            .expect("GET /metrics");
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .is_ok_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        );
+        scrape(&response.text().await.expect("text"))
+    };
+    let before = get_metrics().await;
+    assert_eq!(
+        sample(&before, "mcp_meter_calls_total", &[("tool", "echo")]),
+        0.0
+    );
+
+    let mut mcp = RawClient::with_bearer(&proxy.url, &secret);
+    mcp.initialize("2025-11-25").await;
+    for n in 0..2 {
+        mcp.post(&call(json!(n), "echo", json!({ "message": "m" })))
+            .await;
+    }
+    let mut after = Vec::new();
+    for _ in 0..100 {
+        after = get_metrics().await;
+        if sample(&after, "mcp_meter_calls_total", &[("tool", "echo")]) >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ok = [
+        ("method", "tools/call"),
+        ("tool", "echo"),
+        ("outcome", "ok"),
+    ];
+    assert_eq!(sample(&after, "mcp_meter_calls_total", &ok), 1.0);
+    assert_eq!(
+        sample(
+            &after,
+            "mcp_meter_refusals_total",
+            &[("reason", "insufficient_credits")]
+        ),
+        1.0
+    );
+    assert!(
+        sample(
+            &after,
+            "mcp_meter_call_duration_seconds_count",
+            &[("method", "tools/call")]
+        ) >= 2.0
+    );
+    assert!(sample(&after, "mcp_meter_usage_records_written_total", &[]) >= 3.0);
+    assert_eq!(
+        sample(
+            &after,
+            "mcp_meter_queue_rows",
+            &[("queue", "meter"), ("status", "pending")]
+        ),
+        0.0
+    );
+    assert!(
+        after
+            .iter()
+            .any(|s| s["name"] == "mcp_meter_queue_rows" && s["labels"]["queue"] == "webhook"),
+        "the queue gauges are there"
+    );
+    assert!(
+        !after.iter().any(|s| s["labels"]["customer"].is_string()),
+        "no per-customer series unless enabled"
+    );
+    let ready: Value = reqwest::get(format!("{base}/readyz"))
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(ready["checks"]["meter_queue"]["status"], "ok", "{ready}");
+    assert_eq!(ready["checks"]["webhook_queue"]["failed"], 0, "{ready}");
+    drop(proxy);
 }

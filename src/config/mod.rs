@@ -106,6 +106,9 @@ pub struct Config {
     /// The management API under `/api/v1` (admin tokens, limits). Without
     /// it only `/api/v1/me/checkout` is served.
     pub api: Option<crate::api::ApiConfig>,
+    /// `GET /metrics`: per-customer series and the label cap.
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 impl Config {

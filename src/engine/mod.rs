@@ -148,6 +148,11 @@ impl Proxy {
         self.services.authenticator.as_ref()
     }
 
+    /// The metrics, when a `[database]` is configured.
+    pub fn metrics(&self) -> Option<&Arc<crate::metrics::Metrics>> {
+        self.services.metrics.as_ref()
+    }
+
     /// Stripe, when `[stripe]` (and a `[database]`) is configured.
     pub fn stripe(&self) -> Option<&Arc<crate::stripe::StripeRuntime>> {
         self.services.stripe.as_ref()

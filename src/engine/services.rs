@@ -25,6 +25,8 @@ pub struct PluginServices {
     pub billing: Option<BillingLayer>,
     /// Stripe (`[stripe]`): webhooks, checkout, meter events.
     pub stripe: Option<Arc<StripeRuntime>>,
+    /// What `/metrics` counts (with a `[database]`).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl std::fmt::Debug for PluginServices {

@@ -182,6 +182,10 @@ pub trait Store:
     /// Checks that the database answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Rows per status of the payment queues (meter outbox, invoice
+    /// outbox, webhook events), as (queue, status, rows).
+    async fn queue_counts(&self) -> Result<Vec<(&'static str, &'static str, i64)>, StoreError>;
+
     /// Creates a customer with a new `cus_…` id. A duplicate
     /// `external_subject` is a [`StoreError::Conflict`].
     async fn create_customer(&self, new: NewCustomer) -> Result<Customer, StoreError>;

@@ -7,7 +7,7 @@ use mcp_meter_plugin::identity::UnixMillis;
 use mcp_meter_plugin::outbox::{OutboxFilter, OutboxStatus};
 use sqlx::Pool;
 
-use super::driver::Driver;
+use super::driver::{Driver, Read};
 use super::error::Fault;
 use super::rollup::fit;
 use super::statement::{Statement, Value};
@@ -49,6 +49,40 @@ pub(super) async fn mark_failed<DB: Driver>(
         .bind(PENDING);
     let mut conn = pool.acquire().await?;
     Ok(update.execute(&mut conn).await?)
+}
+
+/// Rows per status of each payment queue: (queue, status, rows).
+pub(super) async fn counts<DB: Driver>(
+    pool: &Pool<DB>,
+) -> Result<Vec<(&'static str, &'static str, i64)>, Fault> {
+    const QUEUES: [(&str, &str, &[&str]); 3] = [
+        ("meter", "meter_outbox", &["pending", "sent", "parked"]),
+        ("invoice", "invoice_outbox", &["pending", "sent", "parked"]),
+        (
+            "webhook",
+            "webhook_events",
+            &["pending", "processed", "failed"],
+        ),
+    ];
+    let mut conn = pool.acquire().await?;
+    let mut found = Vec::new();
+    for (queue, table, statuses) in QUEUES {
+        let mut statement = Statement::<DB>::new("SELECT status, COUNT(*) FROM ");
+        statement.push(table).push(" GROUP BY status");
+        let rows = statement.fetch_all(&mut conn).await?;
+        let mut by_status: Vec<(String, i64)> = Vec::new();
+        for row in &rows {
+            by_status.push((row.text(0)?, row.int(1)?));
+        }
+        for status in statuses {
+            let n = by_status
+                .iter()
+                .find(|(s, _)| s == status)
+                .map_or(0, |(_, n)| *n);
+            found.push((queue, *status, n));
+        }
+    }
+    Ok(found)
 }
 
 /// Appends `filter` to a `SELECT … FROM <queue> WHERE 1 = 1`: its status,

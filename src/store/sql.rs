@@ -278,6 +278,10 @@ impl<DB: Driver> Store for SqlStore<DB> {
         done::<DB, _>(ping.await)
     }
 
+    async fn queue_counts(&self) -> Result<Vec<(&'static str, &'static str, i64)>, StoreError> {
+        done::<DB, _>(super::queue::counts(&self.pool).await)
+    }
+
     async fn create_customer(&self, new: NewCustomer) -> Result<Customer, StoreError> {
         let _turn = self.write_turn().await;
         done::<DB, _>(customers::create(&self.pool, new).await)

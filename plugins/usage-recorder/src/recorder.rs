@@ -85,6 +85,13 @@ impl RecorderHandle {
         self.counters.snapshot()
     }
 
+    /// A reader of the counters that outlives the handle (for a metrics
+    /// endpoint).
+    pub fn stats_reader(&self) -> impl Fn() -> RecorderStats + Send + Sync + 'static {
+        let counters = self.counters.clone();
+        move || counters.snapshot()
+    }
+
     /// Stops the recorder: closes the queue at once (a call that finishes
     /// afterwards still gets its response, but its record is logged as lost
     /// and counted in [`ShutdownReport::lost`]; the proxy calls this after

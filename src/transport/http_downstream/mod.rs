@@ -81,6 +81,7 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(state)
         .merge(stripe_webhook::routes(stripe.clone()))
         .merge(stripe_pay::routes(stripe, proxy.authenticator().cloned()))
@@ -659,6 +660,37 @@ async fn healthz() -> Response {
         .into_response()
 }
 
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut gauges = crate::metrics::Gauges {
+        sessions: state.proxy.sessions().len(),
+        ..Default::default()
+    };
+    let text = match state.proxy.metrics() {
+        Some(metrics) => {
+            gauges.usage = metrics.usage_stats();
+            if let Some(store) = state.proxy.store() {
+                match store.queue_counts().await {
+                    Ok(counts) => gauges.queues = counts,
+                    Err(error) => {
+                        tracing::warn!(%error, "/metrics could not read the queue depths")
+                    }
+                }
+            }
+            metrics.render(&gauges)
+        }
+        None => crate::metrics::Metrics::new(Default::default()).render(&gauges),
+    };
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
     let upstream = state.proxy.upstream_readiness().await;
     let shutting_down = state.proxy.shutdown_token().is_cancelled();
@@ -676,6 +708,28 @@ async fn readyz(State(state): State<AppState>) -> Response {
             }
         };
         checks["database"] = serde_json::json!({ "status": status, "detail": detail });
+        // The payment queues: parked or failed rows wait for the operator;
+        // they do not make the proxy unready.
+        if let Ok(counts) = store.queue_counts().await {
+            for (queue, stuck_status) in [
+                ("meter", "parked"),
+                ("invoice", "parked"),
+                ("webhook", "failed"),
+            ] {
+                let count = |status: &str| {
+                    counts
+                        .iter()
+                        .find(|(q, s, _)| *q == queue && *s == status)
+                        .map_or(0, |(_, _, n)| *n)
+                };
+                let (pending, stuck) = (count("pending"), count(stuck_status));
+                checks[format!("{queue}_queue")] = serde_json::json!({
+                    "status": if stuck > 0 { "attention" } else { "ok" },
+                    "pending": pending,
+                    stuck_status: stuck,
+                });
+            }
+        }
     }
     let ready = upstream.ready && database_ok && !shutting_down;
     let body = serde_json::json!({
