@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use mcp_meter_auth::{Authenticator, Identity};
 use mcp_meter_plugin::Credentials;
 use mcp_meter_plugin::identity::{Customer, CustomerStatus};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::ApiState;
@@ -39,6 +40,33 @@ pub fn is_admin_token(presented: &str, tokens: &[String]) -> bool {
     })
 }
 
+/// Whether `token` is a valid JWT (by `[auth.jwt]`) whose configured role
+/// claim holds the admin role.
+async fn is_admin_jwt(state: &ApiState, token: &str) -> bool {
+    let (Some((claim, role)), Some(verifier)) = (
+        &state.admin_jwt,
+        state.authenticator.as_ref().and_then(|a| a.jwt()),
+    ) else {
+        return false;
+    };
+    // Customer keys and admin tokens are not JWTs: only three dot-separated
+    // parts are worth verifying.
+    if token.split('.').count() != 3 {
+        return false;
+    }
+    match verifier.verify(token).await {
+        Ok(verified) => match verified.claims.get(claim) {
+            Some(Value::String(value)) => value == role,
+            Some(Value::Array(values)) => values.iter().any(|v| v.as_str() == Some(role)),
+            _ => false,
+        },
+        Err(error) => {
+            tracing::debug!(%error, "a bearer token on an admin route is not a valid JWT");
+            false
+        }
+    }
+}
+
 /// Middleware of the admin routes.
 pub async fn require_admin(
     State(state): State<ApiState>,
@@ -53,7 +81,7 @@ pub async fn require_admin(
         )
         .into_response();
     };
-    if is_admin_token(token, &state.admin_tokens) {
+    if is_admin_token(token, &state.admin_tokens) || is_admin_jwt(&state, token).await {
         return next.run(request).await;
     }
     if token.starts_with("mcp_") {

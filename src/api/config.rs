@@ -24,6 +24,20 @@ pub struct ApiConfig {
     /// The largest request body accepted.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// An admin JWT (checked like customers' tokens, by `[auth.jwt]`) is
+    /// accepted when this claim holds `admin_jwt_role` (a string equal to
+    /// it, or an array containing it). Unset: no admin JWTs.
+    pub admin_jwt_role_claim: Option<String>,
+    /// The role that claim must hold (default `mcp-meter-admin`).
+    #[serde(default = "default_admin_role")]
+    pub admin_jwt_role: String,
+}
+
+/// The default role of an admin JWT.
+pub const DEFAULT_ADMIN_ROLE: &str = "mcp-meter-admin";
+
+fn default_admin_role() -> String {
+    DEFAULT_ADMIN_ROLE.to_owned()
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -34,6 +48,8 @@ impl std::fmt::Debug for ApiConfig {
                 &format_args!("[{} hidden]", self.admin_tokens.len()),
             )
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("admin_jwt_role_claim", &self.admin_jwt_role_claim)
+            .field("admin_jwt_role", &self.admin_jwt_role)
             .finish()
     }
 }
@@ -42,8 +58,9 @@ fn default_max_body_bytes() -> usize {
     DEFAULT_MAX_BODY_BYTES
 }
 
-/// What is wrong with `[api]`, as (key path, message) pairs.
-pub fn problems(api: &ApiConfig, has_database: bool) -> Vec<(String, String)> {
+/// What is wrong with `[api]`, as (key path, message) pairs; `has_jwt`
+/// says whether `[auth.jwt]` is configured.
+pub fn problems(api: &ApiConfig, has_database: bool, has_jwt: bool) -> Vec<(String, String)> {
     let mut found = Vec::new();
     if !has_database {
         found.push((
@@ -79,6 +96,12 @@ pub fn problems(api: &ApiConfig, has_database: bool) -> Vec<(String, String)> {
                 "contains whitespace; copy the token exactly".to_owned(),
             ));
         }
+    }
+    if api.admin_jwt_role_claim.is_some() && !has_jwt {
+        found.push((
+            "api.admin_jwt_role_claim".to_owned(),
+            "admin JWTs are verified by [auth.jwt]: configure it, or remove this key".to_owned(),
+        ));
     }
     if api.max_body_bytes < 1024 {
         found.push((

@@ -46,8 +46,11 @@ pub struct ApiState {
     pub catalog: Arc<Catalog>,
     /// The admin tokens.
     pub admin_tokens: Arc<Vec<String>>,
-    /// Identifies customers on `/me` (the auth plugin's).
+    /// Identifies customers on `/me` (the auth plugin's), and verifies
+    /// admin JWTs.
     pub authenticator: Option<Arc<Authenticator>>,
+    /// Admin JWTs: the claim and the role it must hold.
+    pub admin_jwt: Option<(String, String)>,
 }
 
 /// The API's routes under `/api/v1`, for `state`, with bodies limited to

@@ -165,7 +165,9 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         }
     }
     if let Some(api) = &config.api {
-        for (path, message) in crate::api::config::problems(api, config.database.is_some()) {
+        for (path, message) in
+            crate::api::config::problems(api, config.database.is_some(), config.auth.jwt.is_some())
+        {
             problem(&path, message);
         }
     }

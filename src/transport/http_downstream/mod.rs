@@ -111,6 +111,10 @@ fn api_routes(proxy: &Arc<Proxy>) -> Router {
         catalog: Arc::new(catalog),
         admin_tokens: Arc::new(api.admin_tokens.clone()),
         authenticator: proxy.authenticator().cloned(),
+        admin_jwt: api
+            .admin_jwt_role_claim
+            .clone()
+            .map(|claim| (claim, api.admin_jwt_role.clone())),
     };
     crate::api::router(state, api.max_body_bytes)
 }
