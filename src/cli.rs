@@ -178,6 +178,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Export usage records or ledger entries as CSV or JSON lines, to a
+    /// file or stdout, streamed (memory stays flat however many rows).
+    Export {
+        /// Which database.
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// What to export.
+        #[command(subcommand)]
+        action: ExportAction,
+    },
     /// The built-in demo MCP server on stdio (what `demo` runs as its
     /// upstream).
     #[command(hide = true)]
@@ -525,4 +535,48 @@ pub enum KeysAction {
         /// The key id (`key_…`).
         id: String,
     },
+}
+
+/// `export` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ExportAction {
+    /// Usage records, by start time then call id.
+    Usage {
+        /// Format, filters and output.
+        #[command(flatten)]
+        common: ExportArgs,
+        /// Only calls of this tool.
+        #[arg(long)]
+        tool: Option<String>,
+        /// Only calls with this outcome (ok, tool_error, upstream_error,
+        /// refused, timeout, cancelled, recovered).
+        #[arg(long)]
+        outcome: Option<String>,
+    },
+    /// Ledger entries, by id.
+    Ledger {
+        /// Format, filters and output.
+        #[command(flatten)]
+        common: ExportArgs,
+    },
+}
+
+/// What every export takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportArgs {
+    /// csv (RFC 4180, with a header row) or jsonl (one JSON object a line).
+    #[arg(long, value_enum)]
+    pub format: crate::export::Format,
+    /// Only this customer's rows.
+    #[arg(long)]
+    pub customer: Option<String>,
+    /// Only rows at or after this time (RFC 3339).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only rows before this time (RFC 3339).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Write to this file instead of stdout.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
 }

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod demo_upstream;
 pub mod engine;
+pub mod export;
 pub mod metrics;
 pub mod protocol;
 pub mod run;

@@ -220,6 +220,10 @@ async fn dispatch(cli: Cli) -> Result<(), RunError> {
             crate::admin::usage(&database, query).await?;
             Ok(())
         }
+        Command::Export { database, action } => {
+            crate::admin::export::run(&database, &action).await?;
+            Ok(())
+        }
         Command::DemoUpstream => {
             crate::demo_upstream::run_stdio().await?;
             Ok(())

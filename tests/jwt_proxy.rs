@@ -213,3 +213,58 @@ async fn jwt_with_a_jwks_endpoint_unknown_kid_is_refused() {
     );
     assert_refused(&proxy, &unknown, "jwt_unknown_kid").await;
 }
+
+#[tokio::test]
+async fn an_admin_jwt_opens_the_admin_api_only_with_its_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("jwt.db").display());
+    let pem = fixture("rsa_public.pem");
+    let proxy = proxy_with(
+        dir.path(),
+        &db,
+        &format!(
+            "public_key_pem = {:?}\n[api]\nadmin_tokens = [\"adm_0123456789abcdef0123456789abcdef\"]\n\
+             admin_jwt_role_claim = \"roles\"\n",
+            pem.display().to_string()
+        ),
+    );
+    let key = rsa_key();
+    let with_roles = |roles: Value| {
+        let mut claims = claims("ops-1");
+        claims["roles"] = roles;
+        sign(Algorithm::RS256, &key, None, &claims)
+    };
+    let base = proxy.url.strip_suffix("/mcp").unwrap().to_owned();
+    let get = |token: String| {
+        let url = format!("{base}/api/v1/customers");
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(
+        get(with_roles(json!(["viewer", "mcp-meter-admin"]))).await,
+        200
+    );
+    assert_eq!(get(with_roles(json!("mcp-meter-admin"))).await, 200);
+    assert_eq!(get(with_roles(json!(["viewer"]))).await, 401);
+    assert_eq!(
+        get(sign(Algorithm::RS256, &key, None, &claims("ops-2"))).await,
+        401
+    );
+    // The right role under a key the proxy does not trust.
+    let other =
+        EncodingKey::from_rsa_pem(&std::fs::read(fixture("rsa2_private.pem")).unwrap()).unwrap();
+    let mut forged = claims("ops-3");
+    forged["roles"] = json!(["mcp-meter-admin"]);
+    assert_eq!(
+        get(sign(Algorithm::RS256, &other, None, &forged)).await,
+        401
+    );
+}

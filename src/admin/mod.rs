@@ -7,6 +7,7 @@
 
 pub mod billing;
 pub mod db;
+pub mod export;
 pub mod outbox;
 pub mod stripe;
 pub mod subscriptions;
@@ -52,6 +53,9 @@ pub enum AdminError {
     /// An argument is not valid.
     #[error("{0}")]
     BadInput(String),
+    /// An export could not be written.
+    #[error("cannot write the export to {0}: {1}")]
+    Write(String, std::io::Error),
     /// `stripe reconcile` could not run to the end.
     #[error(transparent)]
     Reconcile(#[from] crate::stripe::reconcile::ReconcileError),

@@ -7,8 +7,8 @@
 //! * [`auth`]: admin tokens (constant-time) and the customer of `/me`.
 //! * [`extract`]: queries, JSON bodies, times and cursor pages, refused in
 //!   the one error shape of [`error`].
-//! * [`customers`], [`credits`], [`usage`], [`billing`], [`queues`],
-//!   [`me`]: the routes.
+//! * [`customers`], [`credits`], [`usage`], [`export`], [`billing`],
+//!   [`queues`], [`me`]: the routes.
 //!
 //! JSON in and out; errors are `{"error": {"code", "message"}}`; lists are
 //! `{"data": […], "next_cursor": …}` with `limit` (1 to 1000, default
@@ -20,6 +20,7 @@ pub mod config;
 pub mod credits;
 pub mod customers;
 pub mod error;
+pub mod export;
 pub mod extract;
 pub mod me;
 pub mod queues;
@@ -60,6 +61,7 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .merge(customers::routes())
         .merge(credits::routes())
         .merge(usage::routes())
+        .merge(export::routes())
         .merge(billing::routes())
         .merge(queues::routes())
         .route_layer(middleware::from_fn_with_state(

@@ -270,6 +270,17 @@ pub(super) async fn entries<DB: Driver>(
     pool: &Pool<DB>,
     filter: &LedgerFilter,
 ) -> Result<Vec<LedgerEntry>, Fault> {
+    entries_between(pool, filter, None, None).await
+}
+
+/// Entries matching `filter` created in `[since, until)` (either bound
+/// optional), by id ascending.
+pub(super) async fn entries_between<DB: Driver>(
+    pool: &Pool<DB>,
+    filter: &LedgerFilter,
+    since: Option<UnixMillis>,
+    until: Option<UnixMillis>,
+) -> Result<Vec<LedgerEntry>, Fault> {
     let mut statement = Statement::<DB>::new("SELECT ");
     statement
         .one_off()
@@ -282,6 +293,12 @@ pub(super) async fn entries<DB: Driver>(
     }
     if let Some(after) = filter.after_id {
         statement.push(" AND id > ").bind(after);
+    }
+    if let Some(since) = since {
+        statement.push(" AND created_at >= ").bind(since);
+    }
+    if let Some(until) = until {
+        statement.push(" AND created_at < ").bind(until);
     }
     statement
         .push(" ORDER BY id LIMIT ")

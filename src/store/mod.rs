@@ -53,7 +53,7 @@ use async_trait::async_trait;
 use mcp_meter_plugin::identity::{
     ApiKeyRecord, CallId, Customer, CustomerId, CustomerStatus, KeyId, KeyScope, UnixMillis,
 };
-use mcp_meter_plugin::ledger::Ledger;
+use mcp_meter_plugin::ledger::{Ledger, LedgerEntry, LedgerFilter};
 use mcp_meter_plugin::outbox::{MeterOutbox, OutboxFilter};
 use mcp_meter_plugin::ports::{
     CustomerDirectory, NewCustomer, StoreError, UsageOutcome, UsageRecord, UsageSink,
@@ -225,6 +225,16 @@ pub trait Store:
 
     /// Daily roll-ups, ordered by day, customer, method and tool.
     async fn usage_daily(&self, filter: &UsageFilter) -> Result<Vec<DailyUsage>, StoreError>;
+
+    /// Ledger entries matching `filter` and created in `[since, until)`
+    /// (either bound optional), by id ascending: [`Ledger::entries`] with a
+    /// time range, for exports.
+    async fn ledger_entries_between(
+        &self,
+        filter: &LedgerFilter,
+        since: Option<UnixMillis>,
+        until: Option<UnixMillis>,
+    ) -> Result<Vec<LedgerEntry>, StoreError>;
 }
 
 /// Per-call plans' charges invoiced through the payment provider: the

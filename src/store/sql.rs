@@ -328,6 +328,15 @@ impl<DB: Driver> Store for SqlStore<DB> {
     async fn usage_daily(&self, filter: &UsageFilter) -> Result<Vec<DailyUsage>, StoreError> {
         done::<DB, _>(usage::daily(&self.pool, filter).await)
     }
+
+    async fn ledger_entries_between(
+        &self,
+        filter: &LedgerFilter,
+        since: Option<UnixMillis>,
+        until: Option<UnixMillis>,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        done::<DB, _>(ledger::entries_between(&self.pool, filter, since, until).await)
+    }
 }
 
 #[async_trait]
