@@ -246,10 +246,11 @@ async fn billing_migration_is_applied(db: TestDb) {
             (2, "ledger"),
             (3, "billing models"),
             (4, "stripe webhooks"),
-            (5, "stripe outbound")
+            (5, "stripe outbound"),
+            (6, "analytics")
         ]
     );
-    assert_eq!(report.current_version(), 5);
+    assert_eq!(report.current_version(), 6);
     let again = store::migrate(&db.options()).await.expect("migrate again");
     assert!(again.applied_now.is_empty(), "{again:?}");
     // The store is each port (trait upcasting, no helper needed).

@@ -202,10 +202,11 @@ async fn ledger_migration_is_applied(db: TestDb) {
             (2, "ledger"),
             (3, "billing models"),
             (4, "stripe webhooks"),
-            (5, "stripe outbound")
+            (5, "stripe outbound"),
+            (6, "analytics")
         ]
     );
-    assert_eq!(report.current_version(), 5);
+    assert_eq!(report.current_version(), 6);
     // The store is a ledger (trait upcasting, no helper needed).
     let store = db.open().await;
     let ledger: Arc<dyn Ledger> = store;

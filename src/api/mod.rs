@@ -8,12 +8,13 @@
 //! * [`extract`]: queries, JSON bodies, times and cursor pages, refused in
 //!   the one error shape of [`error`].
 //! * [`customers`], [`credits`], [`usage`], [`export`], [`billing`],
-//!   [`queues`], [`me`]: the routes.
+//!   [`queues`], [`analytics`], [`me`]: the routes.
 //!
 //! JSON in and out; errors are `{"error": {"code", "message"}}`; lists are
 //! `{"data": […], "next_cursor": …}` with `limit` (1 to 1000, default
 //! 100) and `cursor`.
 
+pub mod analytics;
 pub mod auth;
 pub mod billing;
 pub mod config;
@@ -64,6 +65,7 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .merge(export::routes())
         .merge(billing::routes())
         .merge(queues::routes())
+        .merge(analytics::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_admin,

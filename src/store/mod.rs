@@ -16,13 +16,14 @@
 //!
 //! The logic is written once over a sqlx [`Database`](sqlx::Database)
 //! (`driver`, `statement`, then `customers`, `keys`, `usage`, `ledger`,
-//! `subscriptions`, `outbox`);
+//! `subscriptions`, `outbox`, `analytics`);
 //! `sqlite`, `postgres` and `mysql` hold only what differs per backend.
 //! `copy` moves a whole store into another database, any backend to any
 //! other (`mcp-meter db copy`).
 //! This module must never hold a secret in clear: keys arrive as their
 //! SHA-256 hash.
 
+mod analytics;
 mod copy;
 mod customers;
 mod driver;
@@ -61,6 +62,10 @@ use mcp_meter_plugin::ports::{
 use mcp_meter_plugin::subscription::{Subscription, SubscriptionChange, Subscriptions};
 use serde::Serialize;
 
+pub use analytics::{
+    Analytics, CREDITS_UNIT, CustomerSpend, GroupAmount, LedgerGroup, OutcomeCount, Span,
+    UsageTotals,
+};
 pub use copy::{
     CopyError, CopyOptions, CopyReport, Progress, ResumePoint, TableProgress, TableReport,
     copy_database,
@@ -174,7 +179,14 @@ pub struct DailyUsage {
 /// `Arc<dyn MeterOutbox>`, …) by trait upcasting.
 #[async_trait]
 pub trait Store:
-    CustomerDirectory + UsageSink + Ledger + Subscriptions + MeterOutbox + WebhookStore + InvoiceOutbox
+    CustomerDirectory
+    + UsageSink
+    + Ledger
+    + Subscriptions
+    + MeterOutbox
+    + WebhookStore
+    + InvoiceOutbox
+    + Analytics
 {
     /// The database engine behind this store.
     fn backend(&self) -> Backend;

@@ -25,6 +25,9 @@ use super::driver::Driver;
 use super::error::Fault;
 use super::statement::Statement;
 use super::{
+    Analytics, CustomerSpend, GroupAmount, LedgerGroup, OutcomeCount, Span, UsageTotals, analytics,
+};
+use super::{
     Backend, DailyUsage, NewApiKey, Store, UsageFilter, customers, keys, ledger, outbox,
     subscriptions, usage,
 };
@@ -470,5 +473,59 @@ impl<DB: Driver> WebhookStore for SqlStore<DB> {
     ) -> Result<Subscription, StoreError> {
         let _turn = self.write_turn().await;
         done::<DB, _>(subscriptions::end(&self.pool, change, plan_after).await)
+    }
+}
+
+#[async_trait]
+impl<DB: Driver> Analytics for SqlStore<DB> {
+    async fn charges(
+        &self,
+        span: Span,
+        group: LedgerGroup,
+    ) -> Result<Vec<GroupAmount>, StoreError> {
+        done::<DB, _>(analytics::charges(&self.pool, span, group).await)
+    }
+
+    async fn credits_consumed(
+        &self,
+        span: Span,
+        group: LedgerGroup,
+    ) -> Result<Vec<GroupAmount>, StoreError> {
+        done::<DB, _>(analytics::credits_consumed(&self.pool, span, group).await)
+    }
+
+    async fn usage_totals(
+        &self,
+        first: &str,
+        last: &str,
+        by_day: bool,
+        by_tool: bool,
+    ) -> Result<Vec<UsageTotals>, StoreError> {
+        done::<DB, _>(analytics::usage_totals(&self.pool, first, last, by_day, by_tool).await)
+    }
+
+    async fn top_callers(
+        &self,
+        first: &str,
+        last: &str,
+        limit: u32,
+    ) -> Result<Vec<UsageTotals>, StoreError> {
+        done::<DB, _>(analytics::top_callers(&self.pool, first, last, limit).await)
+    }
+
+    async fn top_spenders(&self, span: Span, limit: u32) -> Result<Vec<CustomerSpend>, StoreError> {
+        done::<DB, _>(analytics::top_spenders(&self.pool, span, limit).await)
+    }
+
+    async fn active_customers(
+        &self,
+        first: &str,
+        last: &str,
+    ) -> Result<(i64, Vec<(String, i64)>), StoreError> {
+        done::<DB, _>(analytics::active_customers(&self.pool, first, last).await)
+    }
+
+    async fn outcomes(&self, span: Span) -> Result<Vec<OutcomeCount>, StoreError> {
+        done::<DB, _>(analytics::outcomes(&self.pool, span).await)
     }
 }

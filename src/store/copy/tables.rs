@@ -8,7 +8,7 @@
 
 /// The schema version these tables describe. `db copy` refuses a source
 /// at any other version.
-pub(super) const SCHEMA_VERSION: i64 = 5;
+pub(super) const SCHEMA_VERSION: i64 = 6;
 
 /// How a column's values are read and bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
