@@ -952,7 +952,7 @@ async fn a_source_of_another_schema_version_is_refused() {
     assert_eq!(output.status.code(), Some(1));
     let err = stderr(&output);
     assert!(
-        err.contains("has schema version 99, newer than this mcp-meter knows (5)"),
+        err.contains("has schema version 99, newer than this mcp-meter knows (6)"),
         "{err}"
     );
     assert!(!target_file.exists(), "the target is not touched");
@@ -964,7 +964,7 @@ async fn a_source_of_another_schema_version_is_refused() {
     assert_eq!(output.status.code(), Some(1));
     let err = stderr(&output);
     assert!(
-        err.contains("is at schema version 4, this mcp-meter at 5")
+        err.contains("is at schema version 4, this mcp-meter at 6")
             && err.contains("mcp-meter migrate --database-url"),
         "{err}"
     );
