@@ -299,6 +299,32 @@ async fn the_operator_runs_the_service_from_the_api(db: TestDb) {
         "team"
     );
 
+    // Plan, name, email and metadata change in place.
+    let (status, changed) = api
+        .send(
+            Method::PATCH,
+            &format!("/customers/{id}"),
+            Some(TOKEN),
+            Some(&json!({ "plan": "payg", "email": null, "metadata": { "tier": "gold" } })),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(
+        (
+            &changed["plan_id"],
+            &changed["email"],
+            &changed["metadata"],
+            &changed["name"]
+        ),
+        (
+            &json!("payg"),
+            &Value::Null,
+            &json!({ "tier": "gold" }),
+            &json!("Ada")
+        )
+    );
+
     // The queues answer (empty here).
     for queue in ["/outbox", "/invoices", "/webhook-events"] {
         assert_eq!(api.get(queue).await["data"], json!([]), "{queue}");
@@ -626,6 +652,27 @@ async fn bad_requests_get_the_error_shape_and_change_nothing() {
             Some(json!({ "status": "gone" })),
             400,
             "invalid_request",
+        ),
+        (
+            Method::PATCH,
+            format!("/customers/{id}"),
+            Some(json!({})),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::PATCH,
+            format!("/customers/{id}"),
+            Some(json!({ "plan": "gold" })),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::PATCH,
+            "/customers/cus_missing0".into(),
+            Some(json!({ "name": "X" })),
+            404,
+            "not_found",
         ),
         (
             Method::PUT,

@@ -1,7 +1,8 @@
 //! Customers and their API keys.
 //!
 //! * `GET /customers` (paged), `POST /customers`, `GET /customers/{id}`
-//!   (with its keys), `PATCH /customers/{id}` (`status`),
+//!   (with its keys), `PATCH /customers/{id}` (`status`, `plan`, `name`,
+//!   `email`, `metadata`),
 //!   `DELETE /customers/{id}` (suspends; the history is kept).
 //! * `POST /customers/{id}/keys` (the key is in this answer only),
 //!   `GET /customers/{id}/keys`, `DELETE /keys/{id}` (revokes).
@@ -23,7 +24,7 @@ use serde_json::{Map, Value, json};
 use super::ApiState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Page, limit, position, time};
-use crate::store::NewApiKey;
+use crate::store::{CustomerUpdate, NewApiKey};
 
 /// The routes.
 pub fn routes() -> Router<ApiState> {
@@ -138,7 +139,17 @@ async fn show(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CustomerChange {
-    status: String,
+    status: Option<String>,
+    plan: Option<String>,
+    name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    email: Option<Option<String>>,
+    metadata: Option<Map<String, Value>>,
+}
+
+/// Tells `"email": null` (clear it) from a missing `email` (keep it).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
 }
 
 async fn set_status(
@@ -160,13 +171,43 @@ async fn update(
     ApiJson(change): ApiJson<CustomerChange>,
 ) -> Result<Json<Customer>, ApiError> {
     let id = customer_id(&id)?;
-    let status = CustomerStatus::parse(&change.status).ok_or_else(|| {
-        ApiError::invalid(format!(
-            "`status` must be active or suspended, not {:?}",
-            change.status
-        ))
-    })?;
-    Ok(Json(set_status(&state, &id, status).await?))
+    let status = change
+        .status
+        .as_deref()
+        .map(|s| {
+            CustomerStatus::parse(s).ok_or_else(|| {
+                ApiError::invalid(format!("`status` must be active or suspended, not {s:?}"))
+            })
+        })
+        .transpose()?;
+    if let Some(plan) = &change.plan {
+        known_plan(&state, plan)?;
+    }
+    if change.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+        return Err(ApiError::invalid("`name` must not be empty"));
+    }
+    let update = CustomerUpdate {
+        plan_id: change.plan,
+        name: change.name,
+        email: change.email,
+        metadata: change.metadata,
+    };
+    if status.is_none() && update == CustomerUpdate::default() {
+        return Err(ApiError::invalid(
+            "name at least one of `status`, `plan`, `name`, `email` or `metadata`",
+        ));
+    }
+    existing(&state, &id).await?;
+    let mut customer = state.store.update_customer(&id, &update).await?;
+    if update.plan_id.is_some() {
+        // The plan moved: instances may act on the plan they read up to a
+        // lease ago.
+        tokio::time::sleep(CREDENTIAL_LEASE).await;
+    }
+    if let Some(status) = status {
+        customer = set_status(&state, &id, status).await?;
+    }
+    Ok(Json(customer))
 }
 
 async fn remove(

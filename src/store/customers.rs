@@ -4,6 +4,7 @@ use mcp_meter_plugin::identity::{Customer, CustomerId, CustomerStatus, UnixMilli
 use mcp_meter_plugin::ports::{NewCustomer, StoreError};
 use sqlx::Pool;
 
+use super::CustomerUpdate;
 use super::driver::Driver;
 use super::error::Fault;
 use super::ids;
@@ -135,6 +136,41 @@ pub(super) async fn list<DB: Driver>(
 }
 
 /// Sets a customer's status and bumps `updated_at`.
+/// Changes the fields `update` names (plan, name, email, metadata),
+/// bumping `updated_at`.
+pub(super) async fn update<DB: Driver>(
+    pool: &Pool<DB>,
+    id: &CustomerId,
+    update: &CustomerUpdate,
+) -> Result<Customer, Fault> {
+    let metadata = update
+        .metadata
+        .as_ref()
+        .map(|m| serde_json::Value::Object(m.clone()).to_string());
+    let mut statement = Statement::<DB>::new("UPDATE customers SET updated_at = ");
+    statement.one_off().bind(UnixMillis::now());
+    if let Some(plan) = &update.plan_id {
+        statement.push(", plan_id = ").bind(plan.as_str());
+    }
+    if let Some(name) = &update.name {
+        statement.push(", name = ").bind(name.as_str());
+    }
+    if let Some(email) = &update.email {
+        statement.push(", email = ").bind(email.as_deref());
+    }
+    if let Some(metadata) = &metadata {
+        statement.push(", metadata = ").bind(metadata.as_str());
+    }
+    statement.push(" WHERE id = ").bind(id.as_str());
+    {
+        let mut conn = pool.acquire().await?;
+        statement.execute(&mut conn).await?;
+    }
+    find(pool, id)
+        .await?
+        .ok_or_else(|| Fault::Store(StoreError::NotFound(format!("customer {id}"))))
+}
+
 pub(super) async fn set_status<DB: Driver>(
     pool: &Pool<DB>,
     id: &CustomerId,

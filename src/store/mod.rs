@@ -124,6 +124,19 @@ pub struct NewApiKey {
     pub expires_at: Option<UnixMillis>,
 }
 
+/// What to change of a customer: each `Some` field is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CustomerUpdate {
+    /// The new plan.
+    pub plan_id: Option<String>,
+    /// The new display name.
+    pub name: Option<String>,
+    /// The new email (`Some(None)` clears it).
+    pub email: Option<Option<String>>,
+    /// The new metadata (replaces the whole object).
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
 /// Which usage to read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UsageFilter {
@@ -208,6 +221,15 @@ pub trait Store:
         after: Option<&CustomerId>,
         limit: u32,
     ) -> Result<Vec<Customer>, StoreError>;
+
+    /// Changes a customer's plan, name, email or metadata (the fields
+    /// `update` names), bumping `updated_at`; [`StoreError::NotFound`] if
+    /// there is no such customer.
+    async fn update_customer(
+        &self,
+        id: &CustomerId,
+        update: &CustomerUpdate,
+    ) -> Result<Customer, StoreError>;
 
     /// Activates or suspends a customer, bumping `updated_at`;
     /// [`StoreError::NotFound`] if there is no such customer.

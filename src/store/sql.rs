@@ -28,8 +28,8 @@ use super::{
     Analytics, CustomerSpend, GroupAmount, LedgerGroup, OutcomeCount, Span, UsageTotals, analytics,
 };
 use super::{
-    Backend, DailyUsage, NewApiKey, Store, UsageFilter, customers, keys, ledger, outbox,
-    subscriptions, usage,
+    Backend, CustomerUpdate, DailyUsage, NewApiKey, Store, UsageFilter, customers, keys, ledger,
+    outbox, subscriptions, usage,
 };
 use super::{
     InvoiceItemRow, InvoiceOutbox, NewInvoiceItem, NewWebhookEvent, PeriodCharges, WebhookEvent,
@@ -296,6 +296,15 @@ impl<DB: Driver> Store for SqlStore<DB> {
         limit: u32,
     ) -> Result<Vec<Customer>, StoreError> {
         done::<DB, _>(customers::list(&self.pool, after, limit).await)
+    }
+
+    async fn update_customer(
+        &self,
+        id: &CustomerId,
+        update: &CustomerUpdate,
+    ) -> Result<Customer, StoreError> {
+        let _turn = self.write_turn().await;
+        done::<DB, _>(customers::update(&self.pool, id, update).await)
     }
 
     async fn set_customer_status(
