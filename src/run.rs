@@ -295,27 +295,49 @@ async fn serve_http(config: Config) -> Result<(), RunError> {
     serve_http_with(config, |_| {}).await
 }
 
+/// Binds `listen` (an address such as `127.0.0.1:8080`).
+async fn bind(listen: &str) -> Result<TcpListener, RunError> {
+    let addr: SocketAddr = listen.parse().map_err(|_| RunError::Bind {
+        addr: listen.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an address"),
+    })?;
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: listen.to_owned(),
+            source,
+        })
+}
+
 async fn serve_http_with(config: Config, banner: impl FnOnce(&str)) -> Result<(), RunError> {
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let listen = config.server.listen.clone();
     let path = config.server.mcp_path.clone();
     let running = crate::services::start(&config).await?;
     let proxy = Proxy::with_services(config, running.services())?;
-    let addr: SocketAddr = listen.parse().map_err(|_| RunError::Bind {
-        addr: listen.clone(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an address"),
-    })?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: listen.clone(),
-            source,
-        })?;
+    let listener = bind(&listen).await?;
     let local = listener.local_addr().map_err(RunError::Serve)?;
     let url = format!("http://{local}{path}");
     eprintln!("mcp-meter listening on {url}");
     banner(&url);
     proxy.spawn_idle_reaper();
+    let admin = match proxy
+        .config()
+        .api
+        .as_ref()
+        .and_then(|api| api.listen.clone())
+    {
+        Some(admin_listen) => {
+            let admin_listener = bind(&admin_listen).await?;
+            let admin_local = admin_listener.local_addr().map_err(RunError::Serve)?;
+            eprintln!("mcp-meter admin API listening on http://{admin_local}/api/v1");
+            Some(tokio::spawn(http_downstream::serve_admin(
+                proxy.clone(),
+                admin_listener,
+            )))
+        }
+        None => None,
+    };
     let mut server = tokio::spawn(http_downstream::serve(proxy.clone(), listener));
     let finished = tokio::select! {
         result = &mut server => Some(result),
@@ -338,6 +360,12 @@ async fn serve_http_with(config: Config, banner: impl FnOnce(&str)) -> Result<()
             Ok(())
         }
     };
+    if let Some(admin) = admin {
+        proxy.begin_shutdown();
+        if tokio::time::timeout(grace, admin).await.is_err() {
+            tracing::warn!("admin API requests did not finish within the shutdown grace period");
+        }
+    }
     proxy.close_all().await;
     drop(proxy);
     running.stop(grace).await;

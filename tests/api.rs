@@ -900,3 +900,42 @@ async fn metrics_parse_and_move_with_calls() {
     assert_eq!(ready["checks"]["webhook_queue"]["failed"], 0, "{ready}");
     drop(proxy);
 }
+
+#[tokio::test]
+async fn a_separate_admin_listener_serves_the_api_and_metrics() {
+    let db = TestDb::sqlite().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\ncommand = {:?}\nargs = [\"demo-upstream\"]\n\
+         [database]\nurl = {:?}\n{PLANS}\n\
+         [api]\nadmin_tokens = [\"{TOKEN}\"]\nlisten = \"127.0.0.1:0\"\n",
+        bin(),
+        db.url()
+    );
+    let proxy = Proxy::serve(dir.path(), &toml);
+    let line = proxy.wait_for_log("admin API listening on", Duration::from_secs(10));
+    let admin = line
+        .split("listening on ")
+        .nth(1)
+        .expect("an address")
+        .trim()
+        .to_owned();
+    let main = proxy.url.strip_suffix("/mcp").expect("mcp").to_owned();
+    let http = reqwest::Client::new();
+    let status = |url: String| {
+        let request = http.get(url).bearer_auth(TOKEN);
+        async move { request.send().await.expect("GET").status().as_u16() }
+    };
+    assert_eq!(status(format!("{admin}/customers")).await, 200);
+    assert_eq!(
+        status(format!("{main}/api/v1/customers")).await,
+        404,
+        "not on the MCP listener"
+    );
+    // Customers keep /me on the proxy's listener (this token is no key: 401).
+    assert_eq!(status(format!("{main}/api/v1/me")).await, 401);
+    let admin_base = admin.strip_suffix("/api/v1").expect("/api/v1");
+    assert_eq!(status(format!("{admin_base}/metrics")).await, 200);
+    assert_eq!(status(format!("{admin_base}/mcp")).await, 404);
+    drop(proxy);
+}

@@ -24,6 +24,9 @@ pub struct ApiConfig {
     /// The largest request body accepted.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Serve the API (and `/metrics`) on this address instead of the
+    /// proxy's listener, e.g. `127.0.0.1:9090` for a private network only.
+    pub listen: Option<String>,
     /// An admin JWT (checked like customers' tokens, by `[auth.jwt]`) is
     /// accepted when this claim holds `admin_jwt_role` (a string equal to
     /// it, or an array containing it). Unset: no admin JWTs.
@@ -48,6 +51,7 @@ impl std::fmt::Debug for ApiConfig {
                 &format_args!("[{} hidden]", self.admin_tokens.len()),
             )
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("listen", &self.listen)
             .field("admin_jwt_role_claim", &self.admin_jwt_role_claim)
             .field("admin_jwt_role", &self.admin_jwt_role)
             .finish()
@@ -101,6 +105,14 @@ pub fn problems(api: &ApiConfig, has_database: bool, has_jwt: bool) -> Vec<(Stri
         found.push((
             "api.admin_jwt_role_claim".to_owned(),
             "admin JWTs are verified by [auth.jwt]: configure it, or remove this key".to_owned(),
+        ));
+    }
+    if let Some(listen) = &api.listen
+        && listen.parse::<std::net::SocketAddr>().is_err()
+    {
+        found.push((
+            "api.listen".to_owned(),
+            format!("`{listen}` is not an address like 127.0.0.1:9090"),
         ));
     }
     if api.max_body_bytes < 1024 {

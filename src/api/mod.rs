@@ -55,6 +55,15 @@ pub struct ApiState {
     pub admin_jwt: Option<(String, String)>,
 }
 
+/// Only the customers' routes (`/api/v1/me…`), for the proxy's listener
+/// when the admin routes have a listener of their own.
+pub fn me_router(state: ApiState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .nest("/api/v1", me::routes())
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
 /// The API's routes under `/api/v1`, for `state`, with bodies limited to
 /// `max_body_bytes`.
 pub fn router(state: ApiState, max_body_bytes: usize) -> Router {

@@ -85,15 +85,52 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
         .with_state(state)
         .merge(stripe_webhook::routes(stripe.clone()))
         .merge(stripe_pay::routes(stripe, proxy.authenticator().cloned()))
-        .merge(api_routes(&proxy))
+        .merge(if separate_admin_listener(&proxy) {
+            api_state(&proxy).map_or_else(Router::new, |(state, max)| {
+                crate::api::me_router(state, max)
+            })
+        } else {
+            api_routes(&proxy)
+        })
 }
 
-/// The management API when `[api]` and a `[database]` are configured (an
-/// empty router otherwise).
-fn api_routes(proxy: &Arc<Proxy>) -> Router {
+/// Whether the management API has its own listener (`[api] listen`).
+fn separate_admin_listener(proxy: &Proxy) -> bool {
+    proxy
+        .config()
+        .api
+        .as_ref()
+        .is_some_and(|api| api.listen.is_some())
+}
+
+/// The admin listener's application: the management API and `/metrics`.
+pub fn admin_router(proxy: Arc<Proxy>) -> Router {
+    let metrics_state = AppState {
+        origins: Arc::new(OriginPolicy::new(&proxy.config().server.allowed_origins)),
+        max_message_bytes: proxy.config().server.max_message_bytes,
+        proxy: proxy.clone(),
+    };
+    api_routes(&proxy).merge(
+        Router::new()
+            .route("/metrics", get(metrics))
+            .with_state(metrics_state),
+    )
+}
+
+/// Serves [`admin_router`] on `listener` until the proxy shuts down.
+pub async fn serve_admin(proxy: Arc<Proxy>, listener: TcpListener) -> std::io::Result<()> {
+    let shutdown = proxy.shutdown_token();
+    axum::serve(listener, admin_router(proxy))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// The management API's state and body limit when `[api]` and a
+/// `[database]` are configured.
+fn api_state(proxy: &Arc<Proxy>) -> Option<(crate::api::ApiState, usize)> {
     let config = proxy.config();
     let (Some(api), Some(store)) = (&config.api, proxy.store()) else {
-        return Router::new();
+        return None;
     };
     let catalog = match mcp_meter_billing::Catalog::compile(&config.billing, &config.plans) {
         Ok(catalog) => catalog,
@@ -103,7 +140,7 @@ fn api_routes(proxy: &Arc<Proxy>) -> Router {
                 ?problems,
                 "the plans do not compile; the management API is off"
             );
-            return Router::new();
+            return None;
         }
     };
     let state = crate::api::ApiState {
@@ -116,7 +153,13 @@ fn api_routes(proxy: &Arc<Proxy>) -> Router {
             .clone()
             .map(|claim| (claim, api.admin_jwt_role.clone())),
     };
-    crate::api::router(state, api.max_body_bytes)
+    Some((state, api.max_body_bytes))
+}
+
+/// The management API when `[api]` and a `[database]` are configured (an
+/// empty router otherwise).
+fn api_routes(proxy: &Arc<Proxy>) -> Router {
+    api_state(proxy).map_or_else(Router::new, |(state, max)| crate::api::router(state, max))
 }
 
 /// Serves `router(proxy)` on `listener` until the proxy shuts down; in-flight
