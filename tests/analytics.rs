@@ -221,6 +221,7 @@ async fn generate(db: &TestDb, today: i64) -> (Data, Vec<String>) {
                 counter: "calls".into(),
                 period_start: UnixMillis(at - at.rem_euclid(DAY)),
                 schedule: PriceSchedule::Flat { price },
+                quantity: 1,
                 at: UnixMillis(at),
             })
             .await

@@ -67,6 +67,19 @@ prices = { default = 1 }
 credits = { meter = "response_bytes", max_units = 10000, unit_size = 100 }
 
 [[plans]]
+id = "per-100-bytes"
+model = "per_call"
+currency = "usd"
+per_call = { meter = "response_bytes", unit_size = 100, tiering = "graduated", tiers = [ { up_to = 500, price = "0.01" }, { price = "0.005" } ] }
+
+[[plans]]
+id = "team-bytes"
+model = "subscription"
+currency = "usd"
+prices = { default = "0.001" }
+subscription = { included_units = 300, beyond_included = "overage", meter = "response_bytes", unit_size = 100 }
+
+[[plans]]
 id = "allowance"
 model = "credits"
 prices = { default = 1 }
@@ -701,4 +714,110 @@ async fn credits_priced_by_response_bytes_reserve_the_most_and_settle_what_was_u
     );
     assert_eq!(refused["error"]["data"]["needed"], 100, "{refused}");
     assert_eq!(balance(url, &acme), left);
+}
+
+/// The `(kind, amount)` of a customer's ledger entries.
+fn moves(url: &str, customer: &str) -> Vec<(String, i64)> {
+    ledger(url, customer)
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_owned(),
+                e["amount"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn per_call_and_subscription_plans_charge_units_of_their_meter() {
+    let db = TestDb::postgres().await;
+    let url = db.url();
+    let dir = tempfile::tempdir().unwrap();
+    let acme = add_customer(url, "Acme", "per-100-bytes");
+    let globex = add_customer(url, "Globex", "team-bytes");
+    set_subscription(url, &globex, "team-bytes", "active");
+    let proxy = Proxy::serve(dir.path(), &config_with(url, "", PLANS));
+
+    // Per call, by response bytes in blocks of 100: 0.01 USD a block up
+    // to 500 bytes in the period, 0.005 beyond (graduated).
+    let c = client(&proxy, &create_key(url, &acme)).await;
+    let listed = c
+        .post(&json!({"jsonrpc":"2.0","id":0,"method":"tools/list"}))
+        .await
+        .response();
+    let price = tools_by_name(&listed)["echo"]["_meta"][META].clone();
+    assert_eq!(
+        (&price["price"], &price["per"], &price["tiered"]),
+        (&json!("0.01"), &json!("100 bytes"), &json!(true)),
+        "{price}"
+    );
+    let big = || json!({"message": "x".repeat(250)});
+    let first = c.post(&call(json!(1), "echo", big())).await.response();
+    let units = meta(&first)["units"].as_i64().unwrap();
+    let blocks = (units + 99) / 100;
+    assert!((3..=4).contains(&blocks), "{first}");
+    assert_eq!(meta(&first)["meter"], "response_bytes", "{first}");
+    assert_eq!(meta(&first)["period_units"], blocks * 100, "{first}");
+    // The second, same-sized call crosses 500 bytes: the blocks up to the
+    // bound at 0.01, the rest at 0.005.
+    let second = c.post(&call(json!(2), "echo", big())).await.response();
+    assert_eq!(meta(&second)["units"], units, "{second}");
+    let at_first_tier = 5 - blocks;
+    let expected_second = at_first_tier * 10_000 + (blocks - at_first_tier) * 5_000;
+    assert_eq!(
+        moves(url, &acme),
+        [
+            ("charge".into(), blocks * 10_000),
+            ("charge".into(), expected_second)
+        ]
+    );
+    // A failed call is not charged, whatever its size.
+    let failed = c
+        .post(&call(json!(3), "no-such-tool", big()))
+        .await
+        .response();
+    assert!(
+        failed.get("error").is_some() || failed["result"]["isError"] == true,
+        "{failed}"
+    );
+    assert_eq!(moves(url, &acme).len(), 2);
+
+    // A subscription including 300 bytes (3 blocks of 100) per period;
+    // beyond them, 0.001 USD per block.
+    let c = client(&proxy, &create_key(url, &globex)).await;
+    let r = c.post(&call(json!(1), "echo", big())).await.response();
+    let billing = meta(&r);
+    assert_eq!(billing["units"], units, "{r}");
+    assert_eq!(billing["included"]["limit"], 300, "{r}");
+    assert_eq!(billing["included"]["used"], 300, "{r}");
+    assert_eq!(billing["included"]["remaining"], 0, "{r}");
+    assert_eq!(billing["period_units"], blocks * 100, "{r}");
+    assert_eq!(billing["overage_units"], (blocks - 3) * 100, "{r}");
+    let r = c.post(&call(json!(2), "echo", big())).await.response();
+    assert_eq!(meta(&r)["overage_units"], (2 * blocks - 3) * 100, "{r}");
+    assert_eq!(
+        moves(url, &globex),
+        [
+            ("charge".into(), (blocks - 3) * 1_000),
+            ("charge".into(), blocks * 1_000)
+        ]
+    );
+    // The plan as the operator sees it: units, not blocks.
+    let config = dir.path().join("plans.toml");
+    std::fs::write(&config, config_with(url, "", PLANS)).unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["plans", "show", "per-100-bytes", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["meter"], "response_bytes", "{shown}");
+    assert_eq!(shown["price_per"], "100 bytes", "{shown}");
+    assert_eq!(shown["schedule"]["tiers"][0]["up_to"], 500, "{shown}");
 }

@@ -213,6 +213,7 @@ async fn per_call_charges(store: &Arc<dyn Store>, customers: &[CustomerId]) {
                     counter: "calls".into(),
                     period_start: UnixMillis(T0 + (call as i64 / 10) * DAY),
                     schedule: schedule.clone(),
+                    quantity: 1,
                     at: UnixMillis(T0 + call as i64 * MINUTE),
                 })
                 .await

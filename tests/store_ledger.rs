@@ -142,6 +142,7 @@ fn accrual(customer: &CustomerId, key: &str, schedule: PriceSchedule) -> Accrual
         counter: "calls".into(),
         period_start: UnixMillis(DAY0),
         schedule,
+        quantity: 1,
         at: UnixMillis(DAY0 + 5_000),
     }
 }
@@ -182,6 +183,7 @@ each_backend!(
     flat_accruals_number_calls_and_charge_once,
     volume_tiers_add_up_to_the_tier_reached,
     graduated_tiers_charge_each_call_at_its_own_tier,
+    a_quantity_is_priced_on_both_sides_of_a_tier,
     concurrent_accruals_get_distinct_consecutive_numbers,
     counters_respect_their_cap_and_never_go_below_zero,
     concurrent_steps_never_pass_the_cap,
@@ -973,6 +975,52 @@ async fn graduated_tiers_charge_each_call_at_its_own_tier(db: TestDb) {
     let charged: i64 = entries_of(ledger, &a).await.iter().map(|e| e.amount).sum();
     assert_eq!(charged, 3 * 1000 + 2 * 800);
     assert_eq!(charged, graduated.total_for_calls(5));
+}
+
+/// A call metered in units moves the counter by its blocks; one that
+/// crosses a tier boundary pays each block at its tier (graduated), or
+/// moves the whole period to the new tier (volume).
+async fn a_quantity_is_priced_on_both_sides_of_a_tier(db: TestDb) {
+    let store = db.open().await;
+    let ledger: &dyn Ledger = &*store;
+    let a = new_customer(&store, "a").await;
+    let graduated = PriceSchedule::Graduated { tiers: tiers() };
+    let with = |key: &str, schedule: &PriceSchedule, quantity: i64| Accrual {
+        quantity,
+        counter: format!("units-{}", &key[..1]),
+        ..accrual(&a, key, schedule.clone())
+    };
+    // 2 blocks, then 3 crossing the bound at 3 (1 at 1000, 2 at 800), then
+    // a call that used nothing: counted as charged 0, the counter unmoved.
+    assert_eq!(charge(ledger, &with("g1", &graduated, 2)).await, (2, 2000));
+    assert_eq!(
+        charge(ledger, &with("g2", &graduated, 3)).await,
+        (5, 1000 + 1600)
+    );
+    assert_eq!(charge(ledger, &with("g3", &graduated, 0)).await, (5, 0));
+    let volume = PriceSchedule::Volume { tiers: tiers() };
+    assert_eq!(charge(ledger, &with("v1", &volume, 2)).await, (2, 2000));
+    // 5 blocks at 800 in all: 4000 − 2000 already charged.
+    assert_eq!(charge(ledger, &with("v2", &volume, 3)).await, (5, 2000));
+    // Replaying a charge key charges nothing more, whatever its quantity.
+    assert_eq!(
+        ledger
+            .accrue(&with("v2", &volume, 7))
+            .await
+            .expect("replay"),
+        AccrueOutcome::AlreadyCharged
+    );
+    let charged: i64 = entries_of(ledger, &a).await.iter().map(|e| e.amount).sum();
+    assert_eq!(
+        charged,
+        graduated.total_for_calls(5) + volume.total_for_calls(5)
+    );
+    // A negative quantity is refused and records nothing.
+    match ledger.accrue(&with("n1", &graduated, -1)).await {
+        Err(StoreError::Other(message)) => assert!(message.contains("negative"), "{message}"),
+        other => panic!("negative quantity: {other:?}"),
+    }
+    assert_eq!(entries_of(ledger, &a).await.len(), 5);
 }
 
 async fn concurrent_accruals_get_distinct_consecutive_numbers(db: TestDb) {

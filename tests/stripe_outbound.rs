@@ -312,6 +312,7 @@ async fn charge(store: &dyn mcp_meter_plugin::ledger::Ledger, customer: &str, ke
             counter: "calls".into(),
             period_start: UnixMillis(at - at.rem_euclid(day)),
             schedule: PriceSchedule::Flat { price: 250_000 },
+            quantity: 1,
             at: UnixMillis(at),
         })
         .await

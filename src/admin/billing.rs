@@ -250,9 +250,20 @@ fn print_model(plan: &Plan) {
             schedule,
             period,
             minimum,
+            metering,
         } => {
             println!("period: {}", period.name());
-            print_schedule(plan, schedule);
+            match metering {
+                None => print_schedule(plan, schedule),
+                Some(m) => {
+                    println!(
+                        "meter: {} (each call's units rounded up to blocks of {})",
+                        m.meter.name(),
+                        m.unit_size
+                    );
+                    print_schedule(plan, &m.in_units(schedule));
+                }
+            }
             if let Some(minimum) = minimum {
                 println!("minimum per period: {}", plan.unit.format(*minimum));
             }
@@ -277,9 +288,16 @@ fn print_model(plan: &Plan) {
             if let Some(fee) = rules.fee {
                 println!("fee: {} per period", plan.unit.format(fee));
             }
+            if let Some(m) = &rules.metering {
+                println!(
+                    "meter: {} (each call's units rounded up to blocks of {})",
+                    m.meter.name(),
+                    m.unit_size
+                );
+            }
+            let (included, counts) = rules.included();
             println!(
-                "included: {} calls per {}; beyond them: {}",
-                rules.included_calls,
+                "included: {included} {counts} per {}; beyond them: {}",
                 rules.period.name(),
                 if rules.overage {
                     "overage at the prices below"
@@ -317,15 +335,17 @@ fn print_model(plan: &Plan) {
 }
 
 fn print_schedule(plan: &Plan, schedule: &PriceSchedule) {
+    let per = plan.price_per();
     let (mode, tiers) = match schedule {
         PriceSchedule::Flat { price } => {
-            println!("default price: {} per call", plan.unit.format(*price));
+            println!("default price: {} per {per}", plan.unit.format(*price));
             return;
         }
         PriceSchedule::Volume { tiers } => ("volume", tiers),
         PriceSchedule::Graduated { tiers } => ("graduated", tiers),
     };
-    println!("{mode} tiers (calls in the period → price per call):");
+    let counted = if per == "call" { "calls" } else { "units" };
+    println!("{mode} tiers ({counted} in the period → price per {per}):");
     for tier in tiers {
         let up_to = tier
             .up_to
@@ -343,6 +363,7 @@ pub(crate) fn describe(plan: &Plan) -> serde_json::Value {
         "model": plan.model.name(),
         "unit": plan.unit.as_str(),
         "prices": price_table(plan),
+        "price_per": plan.price_per(),
         "upgrade_url": plan.upgrade_url,
     });
     match &plan.model {
@@ -350,9 +371,17 @@ pub(crate) fn describe(plan: &Plan) -> serde_json::Value {
             schedule,
             period,
             minimum,
+            metering,
         } => {
             value["period"] = json!(period.name());
-            value["schedule"] = json!(schedule);
+            match metering {
+                None => value["schedule"] = json!(schedule),
+                Some(m) => {
+                    value["meter"] = json!(m.meter.name());
+                    value["unit_size"] = json!(m.unit_size);
+                    value["schedule"] = json!(m.in_units(schedule));
+                }
+            }
             value["minimum"] = json!(minimum.map(|m| plan.unit.format(m)));
         }
         Model::Credits { grant, .. } => {
@@ -371,7 +400,12 @@ pub(crate) fn describe(plan: &Plan) -> serde_json::Value {
         }
         Model::Subscription(rules) => {
             value["fee"] = json!(rules.fee.map(|f| plan.unit.format(f)));
-            value["included_calls"] = json!(rules.included_calls);
+            let (included, counts) = rules.included();
+            value[format!("included_{counts}")] = json!(included);
+            if let Some(m) = &rules.metering {
+                value["meter"] = json!(m.meter.name());
+                value["unit_size"] = json!(m.unit_size);
+            }
             value["beyond_included"] = json!(if rules.overage { "overage" } else { "refuse" });
             value["period"] = json!(rules.period.name());
             value["grace_period_hours"] = json!(rules.grace_ms / 3_600_000);

@@ -12,6 +12,7 @@ use crate::charge_key::charge_key;
 use crate::failure::failure_of;
 use crate::layer::{Billing, MeteredCall};
 use crate::meta::with_billing_meta;
+use crate::meter::Measure;
 use crate::plan::{Model, ToolPrice};
 use crate::retry;
 
@@ -31,7 +32,10 @@ where
     S::Future: Send,
 {
     let Model::PerCall {
-        schedule, period, ..
+        schedule,
+        period,
+        metering,
+        ..
     } = &call.plan.model
     else {
         return inner.oneshot(call.request).await;
@@ -50,11 +54,15 @@ where
     let customer_id = call.caller.customer.id.clone();
     let key = charge_key(&call.request, &customer_id, &call.call_id);
     let tool = call.request.tool_name().map(str::to_owned);
+    let measure = Measure::start(&call.request);
     let result = inner.oneshot(call.request).await;
     if failure_of(&result).is_some() {
         return result;
     }
     let response = result?;
+    let units = metering
+        .as_ref()
+        .map(|m| (m, measure.units(&m.meter, &response, &plan_id)));
     let at = billing.clock.now();
     let accrual = Accrual {
         customer_id,
@@ -66,9 +74,14 @@ where
         counter: counter.to_owned(),
         period_start: period.start_of(at),
         schedule,
+        quantity: units.map_or(1, |(m, units)| m.blocks(units)),
         at,
     };
     let mut meta = json!({"plan": plan_id, "unit": currency});
+    if let Some((m, units)) = units {
+        meta["meter"] = Value::from(m.meter.name());
+        meta["units"] = Value::from(units);
+    }
     let accrued = {
         let _lane = billing.lanes.enter(&accrual.customer_id).await;
         billing.ledger.accrue(&accrual).await
@@ -77,7 +90,12 @@ where
         Ok(AccrueOutcome::Charged { number, amount }) => {
             meta["charged"] = Value::from(call.plan.unit.format(amount));
             meta["period"] = Value::from(period.name());
-            meta["period_calls"] = Value::from(number);
+            match units {
+                None => meta["period_calls"] = Value::from(number),
+                Some((m, _)) => {
+                    meta["period_units"] = Value::from(number.saturating_mul(m.unit_size))
+                }
+            }
         }
         Ok(AccrueOutcome::AlreadyCharged) => {
             meta["charged"] = Value::from("0");

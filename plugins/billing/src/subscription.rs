@@ -20,6 +20,7 @@ use crate::charge_key::charge_key;
 use crate::failure::failure_of;
 use crate::layer::{Billing, MeteredCall};
 use crate::meta::with_billing_meta;
+use crate::meter::Measure;
 use crate::per_call::accrue_in_background;
 use crate::period::{BillingPeriod, anchored_month, rfc3339};
 use crate::plan::{DEFAULT_WARN_AT_PERCENT, SubscriptionRules, ToolPrice};
@@ -93,11 +94,20 @@ where
     }
     let customer_id = call.caller.customer.id.clone();
     let tool = call.request.tool_name().map(str::to_owned);
+    let measure = Measure::start(&call.request);
     let result = inner.oneshot(call.request).await;
     if failure_of(&result).is_some() {
         return result;
     }
     let response = result?;
+    let units = rules
+        .metering
+        .as_ref()
+        .map(|m| (m, measure.units(&m.meter, &response, &plan_id)));
+    if let Some((m, units)) = units {
+        meta["meter"] = Value::from(m.meter.name());
+        meta["units"] = Value::from(units);
+    }
     let schedule = if rules.included_calls == 0 {
         PriceSchedule::Flat {
             price: overage_price,
@@ -126,6 +136,7 @@ where
         counter: CALLS_COUNTER.to_owned(),
         period_start,
         schedule,
+        quantity: units.map_or(1, |(m, units)| m.blocks(units)),
         at: now,
     };
     let accrued = {
@@ -135,8 +146,7 @@ where
     match accrued {
         Ok(AccrueOutcome::Charged { number, amount }) => {
             meta["charged"] = Value::from(call.plan.unit.format(amount));
-            meta["period_calls"] = Value::from(number);
-            add_included(&mut meta, rules.included_calls, number);
+            add_included(&mut meta, rules, number);
         }
         Ok(AccrueOutcome::AlreadyCharged) => {
             meta["charged"] = Value::from("0");
@@ -210,7 +220,7 @@ where
     }
     let response = result?;
     meta["charged"] = Value::from("0");
-    add_included(&mut meta, included, used);
+    add_included(&mut meta, rules, used);
     Ok(with_billing_meta(response, meta))
 }
 
@@ -306,16 +316,23 @@ fn add_standing(meta: &mut Value, standing: &Standing) {
     }
 }
 
-/// Adds the included-calls figures and, near the end of them, a warning.
-fn add_included(meta: &mut Value, included: i64, used: i64) {
+/// Adds the period's figures (calls, or units with a meter), what is left
+/// of the included ones and, near their end, a warning.
+fn add_included(meta: &mut Value, rules: &SubscriptionRules, used: i64) {
+    let included = rules.included_calls;
     let counted = used.min(included);
+    let (scale, what) = match &rules.metering {
+        None => (1, "calls"),
+        Some(m) => (m.unit_size, "units"),
+    };
+    meta[format!("period_{what}")] = Value::from(used.saturating_mul(scale));
     meta["included"] = json!({
-        "limit": included,
-        "used": counted,
-        "remaining": (included - used).max(0),
+        "limit": included.saturating_mul(scale),
+        "used": counted.saturating_mul(scale),
+        "remaining": (included - used).max(0).saturating_mul(scale),
     });
     if used > included {
-        meta["overage_calls"] = Value::from(used - included);
+        meta[format!("overage_{what}")] = Value::from((used - included).saturating_mul(scale));
     }
     if let Some(warning) = quota_warning(counted, included, &DEFAULT_WARN_AT_PERCENT) {
         match meta.get_mut("warnings").and_then(Value::as_array_mut) {

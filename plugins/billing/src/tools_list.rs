@@ -70,10 +70,14 @@ fn priced(plan: &Plan, tool: &str, amount: i64, catalog: &Catalog) -> (Value, St
     let formatted = plan.unit.format(amount);
     let unit = plan.unit.as_str();
     let mut price = json!({"plan": plan.id, "included": true, "unit": unit});
+    let per = plan.price_per();
+    if per != "call" {
+        price["per"] = json!(per);
+    }
     let note = match &plan.model {
         Model::Credits { .. } => {
             price["price"] = json!(amount);
-            format!("Costs {formatted} credits per call.")
+            format!("Costs {formatted} credits per {per}.")
         }
         Model::PerCall { .. } => {
             price["price"] = json!(formatted);
@@ -82,23 +86,24 @@ fn priced(plan: &Plan, tool: &str, amount: i64, catalog: &Catalog) -> (Value, St
                 price["tiered"] = json!(true);
             }
             format!(
-                "Costs {formatted} {} per call{}.",
+                "Costs {formatted} {} per {per}{}.",
                 unit.to_ascii_uppercase(),
                 if tiered { " (first tier)" } else { "" }
             )
         }
         Model::Subscription(rules) => {
-            price["included_calls"] = json!(rules.included_calls);
+            let (amount, counts) = rules.included();
+            price[format!("included_{counts}")] = json!(amount);
+            let what = rules.metering.as_ref().map_or("calls", |m| m.meter.unit());
             price["period"] = json!(rules.period.name());
             let included = format!(
-                "Included in your subscription ({} calls per {})",
-                rules.included_calls,
+                "Included in your subscription ({amount} {what} per {})",
                 rules.period.name()
             );
             if rules.overage {
                 price["overage_price"] = json!(formatted);
                 format!(
-                    "{included}, then {formatted} {} per call.",
+                    "{included}, then {formatted} {} per {per}.",
                     unit.to_ascii_uppercase()
                 )
             } else {

@@ -312,6 +312,17 @@ impl PriceSchedule {
         }
     }
 
+    /// The charge for `quantity` more calls (or unit blocks) in a period
+    /// that has counted `before` so far: what the period's total grows by,
+    /// so a quantity that crosses a tier boundary is priced on both sides
+    /// of it (and, with volume tiers, may be negative). Saturates instead
+    /// of overflowing.
+    pub fn charge_for(&self, before: i64, quantity: i64) -> i64 {
+        let before = before.max(0);
+        self.total_for_calls(before.saturating_add(quantity.max(0)))
+            .saturating_sub(self.total_for_calls(before))
+    }
+
     /// What the period's first `n` calls cost in all.
     pub fn total_for_calls(&self, n: i64) -> i64 {
         match self {
@@ -369,6 +380,11 @@ pub struct Accrual {
     pub period_start: UnixMillis,
     /// How the call's number in the period prices it.
     pub schedule: PriceSchedule,
+    /// How far the call moves the counter: 1 for a call; with a plan that
+    /// meters units, the call's units in blocks of the plan's unit size
+    /// (0 for a call that used none). The call is charged what the
+    /// schedule's total grows by over those numbers.
+    pub quantity: i64,
     /// When.
     pub at: UnixMillis,
 }
@@ -378,7 +394,8 @@ pub struct Accrual {
 pub enum AccrueOutcome {
     /// Counted and charged now.
     Charged {
-        /// The call's number in the period.
+        /// The counter after the call: its number in the period (or, with
+        /// a unit meter, the period's units so far).
         number: i64,
         /// The amount charged (micro-units; negative when the call moved
         /// the period into a cheaper volume tier).

@@ -94,6 +94,12 @@ pub(in crate::store) async fn accrue<DB: Driver>(
 ) -> Result<AccrueOutcome, Fault> {
     check_key("charge key", accrual.charge_key.as_str())?;
     check_key("counter name", &accrual.counter)?;
+    if accrual.quantity < 0 {
+        return Err(refused(format!(
+            "a call's quantity cannot be negative ({})",
+            accrual.quantity
+        )));
+    }
     if accrual.currency.is_empty() || accrual.currency.chars().count() > UNIT_MAX_CHARS {
         return Err(refused(format!(
             "{:?} is not a currency code",
@@ -119,14 +125,15 @@ async fn accrue_once<DB: Driver>(pool: &Pool<DB>, a: &Accrual) -> Result<AccrueO
         return Ok(AccrueOutcome::AlreadyCharged);
     }
     let used = key.locked::<DB>(&mut tx).await?;
-    let number = used.unwrap_or(0).checked_add(1).ok_or_else(|| {
+    let before = used.unwrap_or(0);
+    let number = before.checked_add(a.quantity).ok_or_else(|| {
         refused(format!(
             "counter {:?} of customer {} is full",
             a.counter, a.customer_id
         ))
     })?;
     key.set::<DB>(&mut tx, used.is_some(), number).await?;
-    let amount = a.schedule.charge_for_call(number);
+    let amount = a.schedule.charge_for(before, a.quantity);
     append::<DB>(
         &mut tx,
         &NewEntry {

@@ -166,8 +166,11 @@ pub struct SubscriptionConfig {
     /// The recurring fee per period (collected by the payment provider;
     /// shown in `plans show` and the API).
     pub fee: Option<PriceText>,
-    /// Calls included in each period.
+    /// Calls included in each period (a plan that counts calls).
     pub included_calls: Option<i64>,
+    /// With a `meter` other than `calls`: the units included in each
+    /// period (a whole number of `unit_size` blocks).
+    pub included_units: Option<i64>,
     /// Beyond the included calls: `refuse` (a hard cap; the default) or
     /// `overage` (each further call charged at its price in
     /// `[plans.prices]`).
@@ -179,6 +182,17 @@ pub struct SubscriptionConfig {
     /// How long a `past_due` subscription is still served, in hours
     /// (default 72; 0 refuses at once).
     pub grace_period_hours: Option<i64>,
+    /// What a call counts: `calls` (the default), `request_bytes`,
+    /// `response_bytes`, `duration_ms`, or `meta` (a number under the
+    /// result's `_meta` key `meta_key`). With a meter other than calls the
+    /// plan includes `included_units` and charges overage per `unit_size`
+    /// units.
+    pub meter: Option<String>,
+    /// With `meter = "meta"`: the result's `_meta` key.
+    pub meta_key: Option<String>,
+    /// With a meter other than `calls`: prices are per this many units, and
+    /// each call's units are rounded up to whole blocks (default 1).
+    pub unit_size: Option<i64>,
 }
 
 /// `[plans.usage]`.
@@ -231,13 +245,24 @@ pub struct PerCallConfig {
     pub period: Option<String>,
     /// The least a customer pays for a period with any calls.
     pub minimum: Option<PriceText>,
+    /// What a call counts: `calls` (the default), `request_bytes`,
+    /// `response_bytes`, `duration_ms`, or `meta` (a number under the
+    /// result's `_meta` key `meta_key`). With a meter other than calls,
+    /// prices are per `unit_size` units and tiers' `up_to` count units.
+    pub meter: Option<String>,
+    /// With `meter = "meta"`: the result's `_meta` key.
+    pub meta_key: Option<String>,
+    /// With a meter other than `calls`: prices are per this many units, and
+    /// each call's units are rounded up to whole blocks (default 1).
+    pub unit_size: Option<i64>,
 }
 
 /// One `[[plans.per_call.tiers]]` entry.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TierConfig {
-    /// The last call number of the period in this tier; leave it out on
+    /// The last call number of the period in this tier (with a meter, the
+    /// last unit: a whole number of `unit_size` blocks); leave it out on
     /// the last tier.
     pub up_to: Option<i64>,
     /// The price per call in this tier.

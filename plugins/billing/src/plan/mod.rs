@@ -17,7 +17,7 @@ use mcp_meter_plugin::ledger::PriceSchedule;
 pub use config::{BillingConfig, PlanConfig, RefusalStyle};
 pub use models::{
     CreditGrant, CreditMetering, DEFAULT_GRACE_HOURS, DEFAULT_WARN_AT_PERCENT, FreemiumRules,
-    Meter, Model, SubscriptionRules, UsageRules,
+    Meter, Model, SubscriptionRules, UnitMetering, UsageRules,
 };
 
 use crate::money::{PriceText, Unit};
@@ -144,6 +144,24 @@ impl Plan {
                     ..
                 }
             )
+    }
+
+    /// What one price of the plan is for: `call`, or with a meter the
+    /// block of units (`1000 bytes`, `ms`).
+    pub fn price_per(&self) -> String {
+        let metering = match &self.model {
+            Model::PerCall { metering, .. } => metering.clone(),
+            Model::Subscription(rules) => rules.metering.clone(),
+            Model::Credits {
+                metering: Some(credits),
+                ..
+            } => Some(UnitMetering {
+                meter: credits.meter.clone(),
+                unit_size: credits.unit_size,
+            }),
+            _ => None,
+        };
+        metering.map_or_else(|| "call".to_owned(), |m| m.per())
     }
 
     /// The price a customer sees for `tool` in `tools/list`: for per-call

@@ -42,6 +42,9 @@ pub enum Model {
         period: Period,
         /// The least owed for a period with calls (micro-units).
         minimum: Option<i64>,
+        /// Prices and tiers per blocks of a meter's units rather than per
+        /// call (`None`: per call).
+        metering: Option<UnitMetering>,
     },
     /// A recurring fee with included calls.
     Subscription(SubscriptionRules),
@@ -91,10 +94,65 @@ impl CreditMetering {
     /// The credits `units` cost at `price` per [`Self::unit_size`] units,
     /// counting at most [`Self::max_units`].
     pub fn cost(&self, price: i64, units: i64) -> i64 {
-        let counted = units.clamp(0, self.max_units);
-        let blocks = counted / self.unit_size + i64::from(counted % self.unit_size != 0);
-        price.saturating_mul(blocks)
+        price.saturating_mul(blocks(units.min(self.max_units), self.unit_size))
     }
+}
+
+/// A `per_call` or `subscription` plan that counts units of a meter rather
+/// than calls: each call's units are rounded up to whole blocks of
+/// `unit_size`, and prices, tiers and included amounts are per block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitMetering {
+    /// What a call counts.
+    pub meter: Meter,
+    /// Units per block (a price is per this many units).
+    pub unit_size: i64,
+}
+
+impl UnitMetering {
+    /// How many blocks `units` make (rounded up; 0 for none).
+    pub fn blocks(&self, units: i64) -> i64 {
+        blocks(units, self.unit_size)
+    }
+
+    /// `schedule` with its tiers' bounds in units rather than blocks, to
+    /// show an operator what they configured.
+    pub fn in_units(&self, schedule: &PriceSchedule) -> PriceSchedule {
+        let scale = |tiers: &[Tier]| {
+            tiers
+                .iter()
+                .map(|t| Tier {
+                    up_to: t.up_to.map(|n| n.saturating_mul(self.unit_size)),
+                    price: t.price,
+                })
+                .collect()
+        };
+        match schedule {
+            PriceSchedule::Flat { price } => PriceSchedule::Flat { price: *price },
+            PriceSchedule::Volume { tiers } => PriceSchedule::Volume {
+                tiers: scale(tiers),
+            },
+            PriceSchedule::Graduated { tiers } => PriceSchedule::Graduated {
+                tiers: scale(tiers),
+            },
+        }
+    }
+
+    /// What one price is for, e.g. `1000 units` or `byte`.
+    pub fn per(&self) -> String {
+        let unit = self.meter.unit();
+        if self.unit_size == 1 {
+            unit.strip_suffix('s').unwrap_or(unit).to_owned()
+        } else {
+            format!("{} {unit}", self.unit_size)
+        }
+    }
+}
+
+/// `units` in blocks of `size`, rounded up (0 for none or fewer).
+fn blocks(units: i64, size: i64) -> i64 {
+    let units = units.max(0);
+    units / size + i64::from(units % size != 0)
 }
 
 /// A subscription plan's numbers.
@@ -102,7 +160,8 @@ impl CreditMetering {
 pub struct SubscriptionRules {
     /// The recurring fee (micro-units), if stated.
     pub fee: Option<i64>,
-    /// Calls included in each period.
+    /// Calls included in each period; with [`Self::metering`], blocks of
+    /// units.
     pub included_calls: i64,
     /// Beyond the included calls: charge overage (`true`) or refuse.
     pub overage: bool,
@@ -110,6 +169,20 @@ pub struct SubscriptionRules {
     pub period: BillingPeriod,
     /// How long a `past_due` subscription is still served (ms).
     pub grace_ms: i64,
+    /// Included amounts and overage per blocks of a meter's units rather
+    /// than per call (`None`: per call).
+    pub metering: Option<UnitMetering>,
+}
+
+impl SubscriptionRules {
+    /// The included amount as configured and what it counts: calls, or
+    /// with a meter, units.
+    pub fn included(&self) -> (i64, &'static str) {
+        match &self.metering {
+            None => (self.included_calls, "calls"),
+            Some(m) => (self.included_calls.saturating_mul(m.unit_size), "units"),
+        }
+    }
 }
 
 /// What a usage plan's meter counts per call.
@@ -254,25 +327,19 @@ fn compile_credit_metering(
     key: &str,
     problems: &mut Vec<String>,
 ) -> Option<CreditMetering> {
-    let meter = compile_meter(
-        credits.meter.as_deref(),
-        credits.meta_key.as_ref(),
-        key,
-        problems,
-    );
-    if meter == Meter::Calls {
-        for (set, name) in [
-            (credits.max_units.is_some(), "max_units"),
-            (credits.unit_size.is_some(), "unit_size"),
-        ] {
-            if set {
-                problems.push(format!(
-                    "{key}.{name}: set only with a `meter` other than `calls`"
-                ));
-            }
+    let meter = MeterConfig {
+        meter: credits.meter.as_deref(),
+        meta_key: credits.meta_key.as_ref(),
+        unit_size: credits.unit_size,
+    };
+    let Some(units) = compile_unit_metering(meter, key, problems) else {
+        if credits.max_units.is_some() {
+            problems.push(format!(
+                "{key}.max_units: set only with a `meter` other than `calls`"
+            ));
         }
         return None;
-    }
+    };
     let max_units = match credits.max_units {
         Some(n) if n >= 1 => n,
         Some(n) => {
@@ -287,7 +354,38 @@ fn compile_credit_metering(
             1
         }
     };
-    let unit_size = match credits.unit_size {
+    Some(CreditMetering {
+        meter: units.meter,
+        max_units,
+        unit_size: units.unit_size,
+    })
+}
+
+/// The meter keys of a plan's model table.
+#[derive(Clone, Copy)]
+pub(super) struct MeterConfig<'a> {
+    meter: Option<&'a str>,
+    meta_key: Option<&'a String>,
+    unit_size: Option<i64>,
+}
+
+/// Reads `meter`, `meta_key` and `unit_size` of the table at `key`:
+/// `None` when the table counts calls.
+fn compile_unit_metering(
+    config: MeterConfig<'_>,
+    key: &str,
+    problems: &mut Vec<String>,
+) -> Option<UnitMetering> {
+    let meter = compile_meter(config.meter, config.meta_key, key, problems);
+    if meter == Meter::Calls {
+        if config.unit_size.is_some() {
+            problems.push(format!(
+                "{key}.unit_size: set only with a `meter` other than `calls`"
+            ));
+        }
+        return None;
+    }
+    let unit_size = match config.unit_size {
         None => 1,
         Some(n) if n >= 1 => n,
         Some(n) => {
@@ -295,11 +393,27 @@ fn compile_credit_metering(
             1
         }
     };
-    Some(CreditMetering {
-        meter,
-        max_units,
-        unit_size,
-    })
+    Some(UnitMetering { meter, unit_size })
+}
+
+/// `amount` units in blocks of the metering's unit size, reporting an
+/// amount that is not a whole number of blocks.
+fn in_blocks(
+    amount: i64,
+    metering: Option<&UnitMetering>,
+    key: &str,
+    problems: &mut Vec<String>,
+) -> i64 {
+    let Some(metering) = metering else {
+        return amount;
+    };
+    if amount % metering.unit_size != 0 {
+        problems.push(format!(
+            "{key}: {amount} is not a whole number of blocks of {} units (unit_size)",
+            metering.unit_size
+        ));
+    }
+    amount / metering.unit_size
 }
 
 /// Reads `meter` and `meta_key` of the table at `key`.
@@ -421,15 +535,48 @@ pub(super) fn compile_subscription(
         ));
         return None;
     };
-    let included_calls = match subscription.included_calls {
-        Some(n) if n >= 0 => n,
+    let metering = compile_unit_metering(
+        MeterConfig {
+            meter: subscription.meter.as_deref(),
+            meta_key: subscription.meta_key.as_ref(),
+            unit_size: subscription.unit_size,
+        },
+        &key,
+        problems,
+    );
+    let (included_key, included, wrong_key) = match metering {
+        None => (
+            "included_calls",
+            subscription.included_calls,
+            subscription.included_units.map(|_| "included_units"),
+        ),
+        Some(_) => (
+            "included_units",
+            subscription.included_units,
+            subscription.included_calls.map(|_| "included_calls"),
+        ),
+    };
+    if let Some(wrong) = wrong_key {
+        problems.push(format!(
+            "{key}.{wrong}: this plan's meter counts {}; use `{included_key}`",
+            if metering.is_some() { "units" } else { "calls" }
+        ));
+    }
+    let included_calls = match included {
+        Some(n) if n >= 0 => in_blocks(
+            n,
+            metering.as_ref(),
+            &format!("{key}.{included_key}"),
+            problems,
+        ),
         Some(n) => {
-            problems.push(format!("{key}.included_calls: {n} is negative"));
+            problems.push(format!("{key}.{included_key}: {n} is negative"));
             0
         }
         None => {
             problems.push(format!(
-                "{key}.included_calls: say how many calls each period includes (0 for none)"
+                "{key}.{included_key}: say how many {} each period includes (0 for none)",
+                if metering.is_some() { "units" } else { "calls" }
             ));
             0
         }
@@ -438,7 +585,8 @@ pub(super) fn compile_subscription(
         None | Some("refuse") => {
             if has_price {
                 problems.push(format!(
-                    "{path}.prices: prices are charged only for overage; set                      `beyond_included = \"overage\"` or remove the prices"
+                    "{path}.prices: prices are charged only for overage; set \
+                     `beyond_included = \"overage\"` or remove the prices"
                 ));
             }
             false
@@ -446,7 +594,8 @@ pub(super) fn compile_subscription(
         Some("overage") => {
             if !has_price {
                 problems.push(format!(
-                    "{path}.prices.default: `beyond_included = \"overage\"` needs the price                      of a call beyond the included ones"
+                    "{path}.prices.default: `beyond_included = \"overage\"` needs the price \
+                     of a call beyond the included ones"
                 ));
             }
             true
@@ -482,12 +631,20 @@ pub(super) fn compile_subscription(
             .map_err(|error| problems.push(format!("{key}.fee: {error}")))
             .ok()
     });
+    if metering.is_some() && !overage {
+        problems.push(format!(
+            "{key}.beyond_included: a plan with a `meter` charges overage \
+             (`beyond_included = \"overage\"`): a call's units are known only after it, \
+             so a hard cap on units cannot be enforced exactly"
+        ));
+    }
     Some(Model::Subscription(SubscriptionRules {
         fee,
         included_calls,
         overage,
         period,
         grace_ms: grace_hours.saturating_mul(3_600_000),
+        metering,
     }))
 }
 
@@ -640,6 +797,15 @@ pub(super) fn compile_per_call(
             .map_err(|error| problems.push(format!("{path}.per_call.minimum: {error}")))
             .ok()
     });
+    let metering = compile_unit_metering(
+        MeterConfig {
+            meter: per_call.meter.as_deref(),
+            meta_key: per_call.meta_key.as_ref(),
+            unit_size: per_call.unit_size,
+        },
+        &format!("{path}.per_call"),
+        problems,
+    );
     let schedule = if per_call.tiers.is_empty() {
         if per_call.tiering.is_some() {
             problems.push(format!(
@@ -664,7 +830,7 @@ pub(super) fn compile_per_call(
                  that have no price of their own"
             ));
         }
-        let tiers = compile_tiers(&per_call.tiers, unit, path, problems)?;
+        let tiers = compile_tiers(&per_call.tiers, metering.as_ref(), unit, path, problems)?;
         match per_call.tiering.as_deref() {
             Some("volume") => PriceSchedule::Volume { tiers },
             Some("graduated") => PriceSchedule::Graduated { tiers },
@@ -686,11 +852,13 @@ pub(super) fn compile_per_call(
         schedule,
         period,
         minimum,
+        metering,
     })
 }
 
 fn compile_tiers(
     tiers: &[config::TierConfig],
+    metering: Option<&UnitMetering>,
     unit: &Unit,
     path: &str,
     problems: &mut Vec<String>,
@@ -715,11 +883,11 @@ fn compile_tiers(
             (Some(up_to), false) => previous_up_to = up_to,
             (None, true) => {}
         }
+        let up_to = tier
+            .up_to
+            .map(|up_to| in_blocks(up_to, metering, &format!("{key}.up_to"), problems));
         match tier.price.to_amount(unit) {
-            Ok(price) => compiled.push(Tier {
-                up_to: tier.up_to,
-                price,
-            }),
+            Ok(price) => compiled.push(Tier { up_to, price }),
             Err(error) => problems.push(format!("{key}.price: {error}")),
         }
     }

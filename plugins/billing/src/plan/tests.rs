@@ -1,6 +1,6 @@
 use super::*;
 use crate::period::{BillingPeriod, Period};
-use mcp_meter_plugin::ledger::GrantMode;
+use mcp_meter_plugin::ledger::{GrantMode, Tier};
 
 #[derive(Deserialize)]
 struct File {
@@ -87,6 +87,7 @@ fn plans_compile_with_exact_prices() {
             schedule,
             period,
             minimum,
+            metering: None,
         } => {
             assert_eq!(*period, Period::Day);
             assert_eq!(*minimum, Some(5_000_000));
@@ -510,4 +511,134 @@ fn toml_floats_are_refused_by_the_parser() {
         "[[plans]]\nid = \"f\"\nmodel = \"credits\"\n[plans.prices]\ndefault = 0.5\n",
     );
     assert!(parsed.is_err());
+}
+
+#[test]
+fn per_call_and_subscription_plans_can_price_units_of_a_meter() {
+    let catalog = compile(
+        r#"
+[[plans]]
+id = "tokens"
+model = "per_call"
+currency = "usd"
+[plans.per_call]
+meter = "meta"
+meta_key = "tokens"
+unit_size = 1000
+tiering = "graduated"
+tiers = [ { up_to = 1000000, price = "0.002" }, { price = "0.001" } ]
+
+[[plans]]
+id = "team-bytes"
+model = "subscription"
+currency = "usd"
+prices = { default = "0.01" }
+subscription = { included_units = 5000, beyond_included = "overage", meter = "response_bytes", unit_size = 100 }
+"#,
+    )
+    .unwrap();
+    let tokens = catalog.plan("tokens").unwrap();
+    let Model::PerCall {
+        schedule,
+        metering: Some(metering),
+        ..
+    } = &tokens.model
+    else {
+        panic!("tokens is a metered per_call plan");
+    };
+    assert_eq!(metering.meter, Meter::Meta("tokens".into()));
+    // Tiers are configured in units and kept in blocks of 1,000 tokens.
+    assert_eq!(
+        schedule,
+        &PriceSchedule::Graduated {
+            tiers: vec![
+                Tier {
+                    up_to: Some(1000),
+                    price: 2000
+                },
+                Tier {
+                    up_to: None,
+                    price: 1000
+                }
+            ]
+        }
+    );
+    assert_eq!(metering.blocks(0), 0);
+    assert_eq!(metering.blocks(1), 1);
+    assert_eq!(metering.blocks(1000), 1);
+    assert_eq!(metering.blocks(1001), 2);
+    assert_eq!(tokens.price_per(), "1000 units");
+    // A call of 2,500 tokens after 999 blocks crosses the tier: one block
+    // at 0.002, two at 0.001.
+    assert_eq!(
+        schedule.charge_for(999, metering.blocks(2500)),
+        2000 + 2 * 1000
+    );
+
+    let team = catalog.plan("team-bytes").unwrap();
+    let Model::Subscription(rules) = &team.model else {
+        panic!("team-bytes is a subscription");
+    };
+    assert_eq!(rules.included_calls, 50);
+    assert_eq!(rules.included(), (5000, "units"));
+    assert_eq!(team.price_per(), "100 bytes");
+
+    let problems = compile(
+        r#"
+[[plans]]
+id = "a"
+model = "per_call"
+currency = "usd"
+per_call = { meter = "request_bytes", unit_size = 100, tiering = "volume", tiers = [ { up_to = 150, price = "0.01" }, { price = "0.005" } ] }
+
+[[plans]]
+id = "b"
+model = "per_call"
+currency = "usd"
+prices = { default = "0.01" }
+per_call = { unit_size = 10 }
+
+[[plans]]
+id = "c"
+model = "subscription"
+currency = "usd"
+prices = { default = "0.01" }
+subscription = { included_calls = 5, beyond_included = "overage", meter = "duration_ms" }
+
+[[plans]]
+id = "d"
+model = "subscription"
+currency = "usd"
+subscription = { included_units = 1000, meter = "response_bytes" }
+
+[[plans]]
+id = "e"
+model = "subscription"
+currency = "usd"
+subscription = { included_units = 10 }
+
+[[plans]]
+id = "f"
+model = "subscription"
+currency = "usd"
+prices = { default = "0.01" }
+subscription = { included_units = 1050, beyond_included = "overage", meter = "response_bytes", unit_size = 100 }
+"#,
+    )
+    .unwrap_err();
+    for expected in [
+        "plans.a.per_call.tiers[0].up_to: 150 is not a whole number of blocks of 100 units",
+        "plans.b.per_call.unit_size: set only with a `meter` other than `calls`",
+        "plans.c.subscription.included_calls: this plan's meter counts units; use `included_units`",
+        "plans.c.subscription.included_units: say how many units each period includes",
+        "plans.d.subscription.beyond_included: a plan with a `meter` charges overage",
+        "plans.e.subscription.included_units: this plan's meter counts calls; use `included_calls`",
+        "plans.e.subscription.included_calls: say how many calls each period includes",
+        "plans.f.subscription.included_units: 1050 is not a whole number of blocks of 100 units",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(expected)),
+            "missing {expected:?} in {problems:#?}"
+        );
+    }
 }
