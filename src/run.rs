@@ -275,8 +275,35 @@ fn check(path: &Path) -> Result<(), RunError> {
     Ok(())
 }
 
+/// The log format in effect, once logging is set up.
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Prints a line an operator (or a test) waits for, such as `listening on
+/// URL`, whatever the level filter: as it is with text logs; with JSON logs
+/// as one JSON object (`timestamp`, `level`, `message`, `target` and the
+/// entries of `fields`), so every line of stderr stays JSON.
+fn announce(message: &str, fields: serde_json::Value) {
+    match LOG_FORMAT.get() {
+        Some(LogFormat::Json) => {
+            let mut line = serde_json::json!({
+                "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "level": "INFO",
+                "message": message,
+                "target": "mcp_meter::run",
+            });
+            if let (Some(line), serde_json::Value::Object(fields)) = (line.as_object_mut(), fields)
+            {
+                line.extend(fields);
+            }
+            eprintln!("{line}");
+        }
+        _ => eprintln!("{message}"),
+    }
+}
+
 fn init_logging(format: &Option<LogFormat>, level: &Option<String>, config: &Config) {
     let format = format.unwrap_or(config.logging.format);
+    let _ = LOG_FORMAT.set(format);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::try_new(level.as_deref().unwrap_or(&config.logging.level))
             .unwrap_or_else(|_| EnvFilter::new("info"))
@@ -318,7 +345,10 @@ async fn serve_http_with(config: Config, banner: impl FnOnce(&str)) -> Result<()
     let listener = bind(&listen).await?;
     let local = listener.local_addr().map_err(RunError::Serve)?;
     let url = format!("http://{local}{path}");
-    eprintln!("mcp-meter listening on {url}");
+    announce(
+        &format!("mcp-meter listening on {url}"),
+        serde_json::json!({ "url": url }),
+    );
     banner(&url);
     proxy.spawn_idle_reaper();
     let admin = match proxy
@@ -330,7 +360,11 @@ async fn serve_http_with(config: Config, banner: impl FnOnce(&str)) -> Result<()
         Some(admin_listen) => {
             let admin_listener = bind(&admin_listen).await?;
             let admin_local = admin_listener.local_addr().map_err(RunError::Serve)?;
-            eprintln!("mcp-meter admin API listening on http://{admin_local}/api/v1");
+            let admin_url = format!("http://{admin_local}/api/v1");
+            announce(
+                &format!("mcp-meter admin API listening on {admin_url}"),
+                serde_json::json!({ "url": admin_url }),
+            );
             Some(tokio::spawn(http_downstream::serve_admin(
                 proxy.clone(),
                 admin_listener,

@@ -1,5 +1,6 @@
 //! Self-service with the customer's own API key (or JWT): `GET /me` (plan,
-//! balance, subscription) and `GET /me/usage` (their usage records, paged
+//! balance, subscription, and the billing status of `[billing]
+//! status_tool`) and `GET /me/usage` (their usage records, paged
 //! and filtered like `/usage`). Opening a checkout is
 //! `POST /api/v1/me/checkout` (see the Stripe module).
 
@@ -8,6 +9,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::get;
+use mcp_meter_billing::billing_status;
 use mcp_meter_plugin::ports::UsageRecord;
 use serde_json::{Value, json};
 
@@ -29,6 +31,9 @@ async fn me(State(state): State<ApiState>, headers: HeaderMap) -> Result<Json<Va
     let customer = customer(state.authenticator.as_deref(), &headers).await?;
     let balance = state.store.balance(&customer.id).await?;
     let subscription = state.store.subscription(&customer.id).await?;
+    let store = state.store.as_ref();
+    let now = mcp_meter_plugin::identity::UnixMillis::now();
+    let billing = billing_status(&state.catalog, store, store, &customer, now).await?;
     let plan = customer
         .plan_id
         .as_deref()
@@ -45,6 +50,7 @@ async fn me(State(state): State<ApiState>, headers: HeaderMap) -> Result<Json<Va
         "plan": plan,
         "balance": balance,
         "subscription": subscription,
+        "billing": billing,
     })))
 }
 

@@ -290,6 +290,9 @@ pub struct LoggingConfig {
     /// A `tracing` filter, e.g. `info` or `mcp_meter=debug,info`
     /// (`RUST_LOG` wins).
     pub level: String,
+    /// One `info` event per HTTP request (target `mcp_meter::access`) on
+    /// every listener. Default `true`.
+    pub access_log: bool,
 }
 
 impl Default for LoggingConfig {
@@ -297,6 +300,7 @@ impl Default for LoggingConfig {
         Self {
             format: LogFormat::Text,
             level: "info".into(),
+            access_log: true,
         }
     }
 }

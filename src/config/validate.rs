@@ -216,6 +216,14 @@ fn billing_problems(config: &Config, problem: &mut impl FnMut(&str, String)) {
         }
     }
     if config.plans.is_empty() {
+        if config.billing.status_tool.is_some() {
+            problem(
+                "billing.status_tool",
+                "the billing plugin answers this tool, and it runs only with [[plans]]; \
+                 add a plan or remove the key"
+                    .into(),
+            );
+        }
         return;
     }
     if config.database.is_none() {

@@ -3,6 +3,7 @@
 //! direction. Transports move messages; routing and policy live in
 //! [`crate::engine`].
 
+pub mod access_log;
 pub mod http_downstream;
 pub mod http_stateless;
 pub mod http_upstream;

@@ -86,7 +86,10 @@ impl Proxy {
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(pos) = line.find("listening on ") {
-                        let url = line[pos + "listening on ".len()..].trim().to_owned();
+                        // A text line ends with the URL; a JSON line
+                        // (`[logging] format = "json"`) has it before a quote.
+                        let rest = &line[pos + "listening on ".len()..];
+                        let url = rest.split('"').next().unwrap_or(rest).trim().to_owned();
                         return Proxy {
                             child,
                             url,

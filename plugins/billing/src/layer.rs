@@ -20,6 +20,7 @@ use crate::grants::GrantedPeriods;
 use crate::lanes::Lanes;
 use crate::plan::{Catalog, Model, Plan, ToolPrice};
 use crate::refusal::{Denial, refuse};
+use crate::status_tool::StatusTool;
 use crate::{credits, freemium, per_call, subscription, tools_list, usage};
 
 /// What every call needs: the plans, the ledger, the subscriptions and the
@@ -33,6 +34,8 @@ pub(crate) struct Billing {
     pub(crate) granted: GrantedPeriods,
     /// Serializes each customer's ledger writes within this process.
     pub(crate) lanes: Lanes,
+    /// `[billing] status_tool`, when configured.
+    pub(crate) status_tool: Option<StatusTool>,
 }
 
 /// One metered call on its way through a model.
@@ -61,6 +64,7 @@ impl BillingLayer {
     ) -> Self {
         Self {
             billing: Arc::new(Billing {
+                status_tool: catalog.status_tool.clone().map(StatusTool::new),
                 catalog,
                 ledger,
                 subscriptions,
@@ -129,23 +133,42 @@ where
 impl Billing {
     async fn handle<S>(&self, request: McpRequest, inner: S) -> Result<McpResponse, ProxyError>
     where
-        S: Service<McpRequest, Response = McpResponse, Error = ProxyError> + Send,
+        S: Service<McpRequest, Response = McpResponse, Error = ProxyError> + Clone + Send,
         S::Future: Send,
     {
         if request.method() == "tools/list" {
             // Prices are shown for the caller's plan, if it is configured.
-            let plan = request.extensions.get::<Arc<Caller>>().and_then(|c| {
+            let caller = request.extensions.get::<Arc<Caller>>().cloned();
+            let plan = caller.as_ref().and_then(|c| {
                 self.catalog
                     .plan_for(c.customer.plan_id.as_deref())
                     .ok()
                     .flatten()
                     .cloned()
             });
+            let status_tool = self.status_tool.as_ref().filter(|_| caller.is_some());
+            let first_page = StatusTool::asks_first_page(&request);
             let response = inner.oneshot(request).await?;
-            return Ok(match plan {
-                Some(plan) => tools_list::annotate(response, &plan, &self.catalog),
+            // Looked at before the plan hides any of the upstream's tools.
+            let add_status_tool = status_tool.is_some_and(|t| t.may_add_to(first_page, &response));
+            let response = match &plan {
+                Some(plan) => tools_list::annotate(response, plan, &self.catalog),
                 None => response,
+            };
+            return Ok(match status_tool {
+                Some(tool) if add_status_tool => {
+                    tool.add_to(response, tools_list::free_of_charge(plan.as_deref()))
+                }
+                _ => response,
             });
+        }
+        if let Some(tool) = &self.status_tool
+            && request.message.is_request()
+            && tool.is_called_by(&request)
+            && let Some(caller) = request.extensions.get::<Arc<Caller>>().cloned()
+            && !tool.upstream_has_it(&request, inner.clone()).await
+        {
+            return Ok(tool.answer(self, &request, &caller).await);
         }
         if !request.message.is_request() || !self.catalog.is_metered(request.method()) {
             return inner.oneshot(request).await;

@@ -28,7 +28,7 @@ use crate::quota::{self, Quota, quota_warning};
 use crate::refusal::{Denial, refuse};
 
 /// The counter of a period's included (and overage) calls.
-const CALLS_COUNTER: &str = "subscription_calls";
+pub(crate) const CALLS_COUNTER: &str = "subscription_calls";
 
 /// Runs one metered call on a subscription plan.
 pub(crate) async fn run<S>(
@@ -286,7 +286,7 @@ fn standing(
 }
 
 /// The billing period containing `now`.
-fn period_of(
+pub(crate) fn period_of(
     rules: &SubscriptionRules,
     subscription: &Subscription,
     now: UnixMillis,

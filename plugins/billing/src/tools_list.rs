@@ -57,6 +57,17 @@ fn annotate_tool(mut tool: Value, plan: &Plan, catalog: &Catalog) -> Option<Valu
     Some(tool)
 }
 
+/// The `_meta` entry of a tool the proxy answers itself at no charge
+/// (`[billing] status_tool`), for the caller's plan if there is one.
+pub(crate) fn free_of_charge(plan: Option<&Plan>) -> Value {
+    match plan {
+        Some(plan) => {
+            json!({"plan": plan.id, "included": true, "unit": plan.unit.as_str(), "price": 0})
+        }
+        None => json!({"included": true, "price": 0}),
+    }
+}
+
 /// The `_meta` entry and the note of a free tool.
 fn free(plan: &Plan) -> (Value, String) {
     (

@@ -24,9 +24,11 @@ mod stateless;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -43,6 +45,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
 
+use super::access_log::{self, AccessNote};
 use super::http_upstream::{PROTOCOL_VERSION_HEADER, SESSION_HEADER};
 use super::origin::OriginPolicy;
 use crate::engine::{Downstream, InterimSink, Proxy, Session};
@@ -117,12 +120,19 @@ pub fn admin_router(proxy: Arc<Proxy>) -> Router {
     )
 }
 
-/// Serves [`admin_router`] on `listener` until the proxy shuts down.
+/// Serves [`admin_router`] on `listener` until the proxy shuts down; each
+/// request is logged by [`access_log`] unless `[logging] access_log =
+/// false`.
 pub async fn serve_admin(proxy: Arc<Proxy>, listener: TcpListener) -> std::io::Result<()> {
     let shutdown = proxy.shutdown_token();
-    axum::serve(listener, admin_router(proxy))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let access_log = proxy.config().logging.access_log;
+    let app = access_log::wrap(admin_router(proxy), access_log);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
 }
 
 /// The management API's state and body limit when `[api]` and a
@@ -163,12 +173,18 @@ fn api_routes(proxy: &Arc<Proxy>) -> Router {
 }
 
 /// Serves `router(proxy)` on `listener` until the proxy shuts down; in-flight
-/// requests are let finish (the caller bounds how long).
+/// requests are let finish (the caller bounds how long). Each request is
+/// logged by [`access_log`] unless `[logging] access_log = false`.
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) -> std::io::Result<()> {
     let shutdown = proxy.shutdown_token();
-    axum::serve(listener, router(proxy))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let access_log = proxy.config().logging.access_log;
+    let app = access_log::wrap(router(proxy), access_log);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
 }
 
 fn error_body(id: Option<&RequestId>, code: i64, message: &str) -> Body {
@@ -259,14 +275,25 @@ fn find_session(state: &AppState, headers: &HeaderMap) -> Result<Arc<Session>, R
     }
 }
 
-async fn post_mcp(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    match post(&state, &headers, body).await {
+async fn post_mcp(
+    State(state): State<AppState>,
+    note: Option<Extension<AccessNote>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let note = note.map(|Extension(note)| note).unwrap_or_default();
+    match post(&state, &headers, body, &note).await {
         Ok(response) => response,
         Err(refusal) => refusal.into_response(),
     }
 }
 
-async fn post(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, Refusal> {
+async fn post(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    note: &AccessNote,
+) -> Result<Response, Refusal> {
     check_origin(state, headers)?;
     if !(accepts(headers, "application/json") && accepts(headers, "text/event-stream")) {
         return Err(refuse(
@@ -316,10 +343,21 @@ async fn post(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Respo
     };
     let batch = is_batch(&body);
     let mut messages = parse_body(&body, batch)?;
+    note_messages(note, &messages, batch);
     let mut identities = match auth::pre_authenticate(state, headers, &messages).await {
         Ok(identities) => identities,
         Err(refused) => return Ok(refused),
     };
+    if let Some(caller) = identities
+        .iter()
+        .flatten()
+        .find_map(|TransportIdentity(identity)| match identity {
+            mcp_meter_auth::Identity::Known(known) => Some(&known.caller),
+            mcp_meter_auth::Identity::Anonymous => None,
+        })
+    {
+        note.caller(caller);
+    }
     if !batch
         && session_header(headers).is_none()
         && let Some(message) = messages.pop_if(|m| {
@@ -417,6 +455,19 @@ async fn post(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Respo
         let (request, identity) = requests.remove(0);
         answer_request(state, &session, request, identity, headers, initialize).await
     })
+}
+
+/// Tells the access log what the POST carries: the method and tool of a
+/// single message, or the size of a batch.
+fn note_messages(note: &AccessNote, messages: &[Message], batch: bool) {
+    if batch {
+        note.batch(messages.len());
+    } else if let Some(message) = messages.first() {
+        let tool = (message.method() == Some("tools/call"))
+            .then(|| McpRequest::new(message.clone()))
+            .and_then(|request| request.tool_name().map(str::to_owned));
+        note.mcp(message.method(), tool.as_deref());
+    }
 }
 
 fn parse_body(body: &Bytes, batch: bool) -> Result<Vec<Message>, Refusal> {

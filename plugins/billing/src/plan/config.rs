@@ -40,6 +40,12 @@ pub struct BillingConfig {
     /// request_timeout_secs`): a younger reservation may still be in flight,
     /// on this instance or another one on the same database.
     pub abandon_reservations_after_secs: Option<u64>,
+    /// The name of a tool the proxy adds to `tools/list` for authenticated
+    /// callers and answers itself (never forwarded, never charged): the
+    /// caller's plan, balance, quota and period. `None` (the default): no
+    /// such tool. An upstream tool of the same name always wins: the proxy
+    /// then adds nothing and forwards its calls.
+    pub status_tool: Option<String>,
 }
 
 /// The default of `[billing] abandon_reservations_after_secs` (15 minutes).

@@ -191,6 +191,9 @@ pub struct Catalog {
     pub hide_unavailable_tools: bool,
     /// Append prices to tool descriptions.
     pub price_in_description: bool,
+    /// The tool the proxy answers with the caller's billing status
+    /// (`[billing] status_tool`), if any.
+    pub status_tool: Option<String>,
 }
 
 impl Catalog {
@@ -209,8 +212,14 @@ impl Catalog {
             hide_unavailable_tools: billing.hide_unavailable_tools.unwrap_or(true),
             price_in_description: billing.price_in_description,
             default_plan: billing.default_plan.clone(),
+            status_tool: billing.status_tool.clone(),
             ..Catalog::default()
         };
+        if let Some(name) = &billing.status_tool
+            && let Err(why) = check_tool_name(name)
+        {
+            problems.push(format!("billing.status_tool: {why}"));
+        }
         catalog.metered_methods.insert("tools/call".to_owned());
         for method in &billing.metered_methods {
             if METERABLE_METHODS.contains(&method.as_str()) {
@@ -463,6 +472,33 @@ pub(crate) fn check_pattern(pattern: &str, key: &str, problems: &mut Vec<String>
             "{key}: `{pattern}` is not a tool name or a pattern ending in `*`"
         ));
     }
+}
+
+/// The longest tool name MCP allows.
+pub const MAX_TOOL_NAME_CHARS: usize = 128;
+
+/// Checks a tool name against MCP's rules: 1 to 128 characters, each an
+/// ASCII letter, a digit, `_`, `-` or `.`.
+fn check_tool_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the tool name is empty; use e.g. \"billing_status\"".to_owned());
+    }
+    if name.len() > MAX_TOOL_NAME_CHARS {
+        return Err(format!(
+            "the tool name is {} characters long; MCP allows at most {MAX_TOOL_NAME_CHARS}",
+            name.len()
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return Err(format!(
+            "`{name}` has the character {bad:?}; a tool name may only use ASCII letters, \
+             digits, `_`, `-` and `.`"
+        ));
+    }
+    Ok(())
 }
 
 fn is_currency_code(code: &str) -> bool {

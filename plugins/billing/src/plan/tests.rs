@@ -642,3 +642,34 @@ subscription = { included_units = 1050, beyond_included = "overage", meter = "re
         );
     }
 }
+
+#[test]
+fn the_status_tool_name_follows_mcp_tool_name_rules() {
+    let with = |name: &str| {
+        compile(&format!(
+            "[billing]\nstatus_tool = {name:?}\n[[plans]]\nid = \"p\"\nmodel = \"credits\"\nprices = {{ default = 1 }}\n"
+        ))
+    };
+    let catalog = with("my-server.billing_status").unwrap();
+    assert_eq!(
+        catalog.status_tool.as_deref(),
+        Some("my-server.billing_status")
+    );
+    let long = "a".repeat(MAX_TOOL_NAME_CHARS + 1);
+    for bad in [
+        "",
+        "billing status",
+        "billing/status",
+        "statüs",
+        long.as_str(),
+    ] {
+        let problems = with(bad).unwrap_err();
+        assert_eq!(problems.len(), 1, "{bad:?}: {problems:?}");
+        assert!(
+            problems[0].starts_with("billing.status_tool: "),
+            "{problems:?}"
+        );
+    }
+    assert!(with(&"a".repeat(MAX_TOOL_NAME_CHARS)).is_ok());
+    assert_eq!(compile(PLANS).unwrap().status_tool, None);
+}
