@@ -261,27 +261,15 @@ pub(super) async fn retry<DB: Driver>(
     id: i64,
     now: UnixMillis,
 ) -> Result<bool, Fault> {
-    let mut conn = pool.acquire().await?;
-    let mut read = Statement::<DB>::new("SELECT status FROM invoice_outbox WHERE id = ");
-    read.bind(id);
-    let parked = match read.fetch_optional(&mut conn).await? {
-        Some(row) => row.text(0)? == OutboxStatus::Parked.as_str(),
-        None => false,
-    };
-    if !parked {
-        return Ok(false);
-    }
-    let mut update = Statement::<DB>::new("UPDATE invoice_outbox SET status = ");
-    update
-        .bind(OutboxStatus::Pending.as_str())
-        .push(", next_attempt_at = ")
-        .bind(now)
-        .push(" WHERE id = ")
-        .bind(id)
-        .push(" AND status = ")
-        .bind(OutboxStatus::Parked.as_str());
-    update.execute(&mut conn).await?;
-    Ok(true)
+    queue::requeue(
+        pool,
+        "invoice_outbox",
+        "id",
+        id,
+        OutboxStatus::Parked.as_str(),
+        now,
+    )
+    .await
 }
 
 /// Items matching `filter`, by id.

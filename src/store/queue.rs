@@ -51,6 +51,48 @@ pub(super) async fn mark_failed<DB: Driver>(
     Ok(update.execute(&mut conn).await?)
 }
 
+/// Puts the row of `table` whose `key_column` is `key` back to `pending`,
+/// due at `now`, if its status is `given_up` (parked or failed for good).
+/// Whether it was: `false` for a row in any other status, or none.
+pub(super) async fn requeue<DB: Driver>(
+    pool: &Pool<DB>,
+    table: &'static str,
+    key_column: &'static str,
+    key: impl Value + Clone,
+    given_up: &'static str,
+    now: UnixMillis,
+) -> Result<bool, Fault> {
+    let mut conn = pool.acquire().await?;
+    let mut read = Statement::<DB>::new("SELECT status FROM ");
+    read.push(table)
+        .push(" WHERE ")
+        .push(key_column)
+        .push(" = ")
+        .bind(key.clone());
+    let given_up_now = match read.fetch_optional(&mut conn).await? {
+        Some(row) => row.text(0)? == given_up,
+        None => false,
+    };
+    if !given_up_now {
+        return Ok(false);
+    }
+    let mut update = Statement::<DB>::new("UPDATE ");
+    update
+        .push(table)
+        .push(" SET status = ")
+        .bind(PENDING)
+        .push(", next_attempt_at = ")
+        .bind(now)
+        .push(" WHERE ")
+        .push(key_column)
+        .push(" = ")
+        .bind(key)
+        .push(" AND status = ")
+        .bind(given_up);
+    update.execute(&mut conn).await?;
+    Ok(true)
+}
+
 /// Rows per status of each payment queue: (queue, status, rows).
 pub(super) async fn counts<DB: Driver>(
     pool: &Pool<DB>,

@@ -248,27 +248,15 @@ pub(super) async fn retry<DB: Driver>(
     id: &str,
     now: UnixMillis,
 ) -> Result<bool, Fault> {
-    let mut find = Statement::<DB>::new("SELECT status FROM webhook_events WHERE id = ");
-    find.bind(id);
-    let mut conn = pool.acquire().await?;
-    let failed = match find.fetch_optional(&mut conn).await? {
-        Some(row) => row.text(0)? == WebhookStatus::Failed.as_str(),
-        None => false,
-    };
-    if !failed {
-        return Ok(false);
-    }
-    let mut update = Statement::<DB>::new("UPDATE webhook_events SET status = ");
-    update
-        .bind(WebhookStatus::Pending.as_str())
-        .push(", next_attempt_at = ")
-        .bind(now)
-        .push(" WHERE id = ")
-        .bind(id)
-        .push(" AND status = ")
-        .bind(WebhookStatus::Failed.as_str());
-    update.execute(&mut conn).await?;
-    Ok(true)
+    queue::requeue(
+        pool,
+        "webhook_events",
+        "id",
+        id,
+        WebhookStatus::Failed.as_str(),
+        now,
+    )
+    .await
 }
 
 /// Records a failed attempt of a pending event: due again at `retry_at`,
