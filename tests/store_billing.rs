@@ -230,6 +230,7 @@ each_backend!(
     subscription_statuses_round_trip,
     subscription_changes_are_checked,
     derived_idempotency_keys_are_refused_to_operators,
+    only_a_failed_webhook_event_is_requeued,
 );
 
 async fn billing_migration_is_applied(db: TestDb) {
@@ -2163,4 +2164,85 @@ mod recovery {
         assert_eq!(daily.len(), 1, "{daily:?}");
         assert_eq!((daily[0].calls, daily[0].errors, daily[0].units), (2, 0, 2));
     }
+}
+
+/// `retry_webhook_event` puts a failed event back in the queue, due at
+/// once with its failed attempts kept; a pending or processed event, or
+/// an unknown id, is left alone and answered `false`.
+async fn only_a_failed_webhook_event_is_requeued(db: TestDb) {
+    use mcp_meter::store::{NewWebhookEvent, WebhookStatus};
+    let store = db.open().await;
+    for id in ["evt_failed", "evt_pending", "evt_done"] {
+        let stored = store
+            .insert_webhook_event(&NewWebhookEvent {
+                id: id.into(),
+                event_type: "invoice.paid".into(),
+                created: 1_773_446_400,
+                payload: format!("{{\"id\":\"{id}\"}}"),
+                received_at: UnixMillis(1_000),
+            })
+            .await
+            .expect("insert");
+        assert!(stored);
+    }
+    store
+        .mark_webhook_event_failed("evt_failed", "boom", None)
+        .await
+        .expect("failed");
+    store
+        .mark_webhook_event_processed("evt_done", UnixMillis(2_000))
+        .await
+        .expect("processed");
+    assert!(
+        store
+            .due_webhook_events(UnixMillis(5_000), 10)
+            .await
+            .expect("due")
+            .iter()
+            .all(|e| e.id != "evt_failed")
+    );
+
+    for id in ["evt_pending", "evt_done", "evt_nobody"] {
+        assert!(
+            !store
+                .retry_webhook_event(id, UnixMillis(5_000))
+                .await
+                .expect("retry"),
+            "{id}"
+        );
+    }
+    assert!(
+        store
+            .retry_webhook_event("evt_failed", UnixMillis(5_000))
+            .await
+            .expect("retry")
+    );
+    // Once pending again, a second retry has nothing to do.
+    assert!(
+        !store
+            .retry_webhook_event("evt_failed", UnixMillis(6_000))
+            .await
+            .expect("retry")
+    );
+    let event = store
+        .webhook_event("evt_failed")
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(event.status, WebhookStatus::Pending);
+    assert_eq!(event.attempts, 1);
+    let due: Vec<String> = store
+        .due_webhook_events(UnixMillis(5_000), 10)
+        .await
+        .expect("due")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert!(due.contains(&"evt_failed".to_owned()), "{due:?}");
+    let done = store
+        .webhook_event("evt_done")
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(done.status, WebhookStatus::Processed);
 }
