@@ -250,8 +250,18 @@ async fn every_route_answers_in_process(db: TestDb) {
             None,
             StatusCode::OK,
         ),
-        (Method::GET, "/export/usage?format=csv".into(), None, StatusCode::OK),
-        (Method::GET, "/export/ledger?format=jsonl".into(), None, StatusCode::OK),
+        (
+            Method::GET,
+            "/export/usage?format=csv".into(),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            Method::GET,
+            "/export/ledger?format=jsonl".into(),
+            None,
+            StatusCode::OK,
+        ),
     ];
     for (method, path, body, expected) in &routes {
         let what = format!("{method} {path}");

@@ -355,80 +355,8 @@ fn print_schedule(plan: &Plan, schedule: &PriceSchedule) {
 }
 
 /// A plan as JSON: its model, unit, effective prices and the model's numbers
-/// (the CLI's `--json` and the API's `/plans`).
+/// (the CLI's `--json`; the API's `/plans` answers the same
+/// [`PlanView`](crate::api::billing::PlanView)).
 pub(crate) fn describe(plan: &Plan) -> serde_json::Value {
-    let mut value = json!({
-        "id": plan.id,
-        "name": plan.name,
-        "model": plan.model.name(),
-        "unit": plan.unit.as_str(),
-        "prices": price_table(plan),
-        "price_per": plan.price_per(),
-        "upgrade_url": plan.upgrade_url,
-    });
-    match &plan.model {
-        Model::PerCall {
-            schedule,
-            period,
-            minimum,
-            metering,
-        } => {
-            value["period"] = json!(period.name());
-            match metering {
-                None => value["schedule"] = json!(schedule),
-                Some(m) => {
-                    value["meter"] = json!(m.meter.name());
-                    value["unit_size"] = json!(m.unit_size);
-                    value["schedule"] = json!(m.in_units(schedule));
-                }
-            }
-            value["minimum"] = json!(minimum.map(|m| plan.unit.format(m)));
-        }
-        Model::Credits { grant, .. } => {
-            value["grant"] = json!(grant.map(|g| json!({
-                "amount": g.amount,
-                "period": g.period.name(),
-                "mode": match g.mode {
-                    GrantMode::Reset => "reset",
-                    GrantMode::Rollover { .. } => "rollover",
-                },
-                "rollover_cap": match g.mode {
-                    GrantMode::Rollover { cap } => cap,
-                    GrantMode::Reset => None,
-                },
-            })));
-        }
-        Model::Subscription(rules) => {
-            value["fee"] = json!(rules.fee.map(|f| plan.unit.format(f)));
-            let (included, counts) = rules.included();
-            value[format!("included_{counts}")] = json!(included);
-            if let Some(m) = &rules.metering {
-                value["meter"] = json!(m.meter.name());
-                value["unit_size"] = json!(m.unit_size);
-            }
-            value["beyond_included"] = json!(if rules.overage { "overage" } else { "refuse" });
-            value["period"] = json!(rules.period.name());
-            value["grace_period_hours"] = json!(rules.grace_ms / 3_600_000);
-        }
-        Model::Usage(rules) => {
-            value["event_name"] = json!(rules.event_name);
-            value["meter"] = json!(rules.meter.name());
-            if let Meter::Meta(key) = &rules.meter {
-                value["meta_key"] = json!(key);
-            }
-        }
-        Model::Freemium(rules) => {
-            value["free_calls"] = json!(rules.free_calls);
-            value["window"] = json!(rules.window.name());
-            value["tool_quotas"] = json!(
-                rules
-                    .tool_quotas
-                    .iter()
-                    .cloned()
-                    .collect::<std::collections::BTreeMap<_, _>>()
-            );
-            value["then_plan"] = json!(rules.then_plan);
-        }
-    }
-    value
+    serde_json::to_value(crate::api::billing::PlanView::of(plan)).unwrap_or_default()
 }

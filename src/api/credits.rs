@@ -3,54 +3,126 @@
 //! per `Idempotency-Key`), `GET /customers/{id}/ledger` (paged).
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use mcp_meter_plugin::identity::{CallId, UnixMillis};
+use mcp_meter_plugin::identity::{CallId, CustomerId, UnixMillis};
 use mcp_meter_plugin::ledger::{
     BalanceChange, ChangeOutcome, EntryKind, LedgerEntry, LedgerFilter,
 };
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::ApiState;
-use super::customers::{PageQuery, customer_id, existing};
-use super::error::ApiError;
+use super::customers::{CustomerPath, PageQuery, customer_id, existing};
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, Page, limit, position};
 
 /// The longest `Idempotency-Key` accepted.
 const MAX_KEY_CHARS: usize = 200;
 
 /// The routes.
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/customers/{id}/balance", get(balance))
-        .route("/customers/{id}/credits", post(change))
-        .route("/customers/{id}/ledger", get(ledger))
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(balance))
+        .routes(routes!(change))
+        .routes(routes!(ledger))
 }
 
+/// A customer's prepaid balance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Balance {
+    /// Whose.
+    pub customer_id: CustomerId,
+    /// The credits.
+    pub balance: i64,
+    /// Always `credits`.
+    #[schema(value_type = String, example = "credits")]
+    pub unit: &'static str,
+}
+
+#[utoipa::path(get, path = "/customers/{id}/balance", tag = "credits",
+    summary = "A customer's prepaid credit balance",
+    params(CustomerPath),
+    responses(
+        (status = 200, description = "The balance", body = Balance),
+        (status = 400, description = "Not a customer id", body = ErrorBody),
+        (status = 404, description = "No such customer", body = ErrorBody),
+        (status = 503, description = "The database is not answering", body = ErrorBody),
+    ))]
 async fn balance(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Balance>, ApiError> {
     let id = customer_id(&id)?;
     existing(&state, &id).await?;
     let balance = state.store.balance(&id).await?;
-    Ok(Json(
-        json!({ "customer_id": id, "balance": balance, "unit": "credits" }),
-    ))
+    Ok(Json(Balance {
+        customer_id: id,
+        balance,
+        unit: "credits",
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+/// The kinds of change `POST /customers/{id}/credits` takes.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // Only documents the strings `kind` takes.
+enum CreditChangeKind {
+    /// Adds at least 1 credit.
+    Grant,
+    /// Adds or removes credits (not 0), with a `reason`.
+    Adjustment,
+}
+
+/// A grant or an adjustment of a customer's credits.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreditChange {
     /// `grant` (adds credits) or `adjustment` (either way, with a reason).
+    #[schema(value_type = CreditChangeKind)]
     kind: String,
+    /// The credits: at least 1 for a grant, not 0 for an adjustment.
     amount: i64,
+    /// Why; required for an adjustment.
     reason: Option<String>,
 }
+
+/// What a credit change did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreditChangeResult {
+    /// Whose.
+    pub customer_id: CustomerId,
+    /// `false` when this `Idempotency-Key` was already applied (nothing
+    /// changed).
+    pub applied: bool,
+    /// The balance after the change.
+    pub balance: i64,
+    /// The key the change was applied under (generated when none was
+    /// sent).
+    pub idempotency_key: String,
+}
+
+#[utoipa::path(post, path = "/customers/{id}/credits", tag = "credits",
+    summary = "Grant or adjust credits, once per Idempotency-Key",
+    params(
+        CustomerPath,
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 200,
+            description = "Applies the change once: a retry with the same key changes nothing (answered 200). Without it every request is a new change."),
+    ),
+    request_body = CreditChange,
+    responses(
+        (status = 201, description = "Applied", body = CreditChangeResult),
+        (status = 200, description = "Already applied under this Idempotency-Key; nothing changed", body = CreditChangeResult),
+        (status = 400, description = "A bad id, body or Idempotency-Key", body = ErrorBody),
+        (status = 404, description = "No such customer", body = ErrorBody),
+        (status = 409, description = "`insufficient_credits`: the balance would go below zero", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 422, description = "The database refused the change", body = ErrorBody),
+        (status = 503, description = "The database is not answering", body = ErrorBody),
+    ))]
 
 async fn change(
     State(state): State<ApiState>,
@@ -108,17 +180,21 @@ async fn change(
     match state.store.change_balance(&change).await? {
         ChangeOutcome::Applied { balance_after } => Ok((
             StatusCode::CREATED,
-            Json(json!({
-                "customer_id": id, "applied": true, "balance": balance_after,
-                "idempotency_key": idempotency_key,
-            })),
+            Json(CreditChangeResult {
+                customer_id: id,
+                applied: true,
+                balance: balance_after,
+                idempotency_key,
+            }),
         )),
         ChangeOutcome::AlreadyApplied { balance } => Ok((
             StatusCode::OK,
-            Json(json!({
-                "customer_id": id, "applied": false, "balance": balance,
-                "idempotency_key": idempotency_key,
-            })),
+            Json(CreditChangeResult {
+                customer_id: id,
+                applied: false,
+                balance,
+                idempotency_key,
+            }),
         )),
         ChangeOutcome::WouldGoNegative { balance } => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -131,6 +207,15 @@ async fn change(
     }
 }
 
+#[utoipa::path(get, path = "/customers/{id}/ledger", tag = "credits",
+    summary = "A customer's ledger entries, oldest first",
+    params(CustomerPath, PageQuery),
+    responses(
+        (status = 200, description = "A page of entries", body = Page<LedgerEntry>),
+        (status = 400, description = "A bad id, `limit` or `cursor`", body = ErrorBody),
+        (status = 404, description = "No such customer", body = ErrorBody),
+        (status = 503, description = "The database is not answering", body = ErrorBody),
+    ))]
 async fn ledger(
     State(state): State<ApiState>,
     Path(id): Path<String>,

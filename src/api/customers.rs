@@ -8,31 +8,32 @@
 //!   `GET /customers/{id}/keys`, `DELETE /keys/{id}` (revokes).
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{delete, get};
 use mcp_meter_auth::key::ApiKey;
 use mcp_meter_plugin::identity::{
     ApiKeyRecord, Customer, CustomerId, CustomerStatus, KeyId, KeyScope, UnixMillis,
 };
 use mcp_meter_plugin::ports::{CREDENTIAL_LEASE, NewCustomer};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::ApiState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, Page, limit, position, time};
 use crate::store::{CustomerUpdate, NewApiKey};
 
 /// The routes.
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/customers", get(list).post(create))
-        .route("/customers/{id}", get(show).patch(update).delete(remove))
-        .route("/customers/{id}/keys", get(list_keys).post(create_key))
-        .route("/keys/{id}", delete(revoke_key))
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(list_keys, create_key))
+        .routes(routes!(revoke_key))
 }
 
 /// A customer id from the path.
@@ -51,10 +52,14 @@ pub async fn existing(state: &ApiState, id: &CustomerId) -> Result<Customer, Api
 }
 
 /// Paging of a list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Items per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -65,6 +70,14 @@ impl PageQuery {
     }
 }
 
+#[utoipa::path(get, path = "/customers", tag = "customers",
+    summary = "List customers, oldest first",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of customers", body = Page<Customer>),
+        (status = 400, description = "A bad `limit` or `cursor`", body = ErrorBody),
+        (status = 503, description = "The database is not answering", body = ErrorBody),
+    ))]
 async fn list(
     State(state): State<ApiState>,
     ApiQuery(query): ApiQuery<PageQuery>,
@@ -82,14 +95,21 @@ async fn list(
     Ok(Json(Page::of(customers, limit, |c| c.id.to_string())))
 }
 
-#[derive(Debug, Deserialize)]
+/// A new customer.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewCustomerBody {
+    /// Display name (not blank).
     name: String,
+    /// Contact email.
     email: Option<String>,
+    /// A configured plan's id (`GET /api/v1/plans`).
     plan: Option<String>,
+    /// The identity-provider subject a JWT names this customer by.
     subject: Option<String>,
+    /// Free-form operator metadata.
     #[serde(default)]
+    #[schema(value_type = Object)]
     metadata: Map<String, Value>,
 }
 
@@ -103,6 +123,17 @@ pub fn known_plan(state: &ApiState, plan: &str) -> Result<(), ApiError> {
     )))
 }
 
+#[utoipa::path(post, path = "/customers", tag = "customers",
+    summary = "Create a customer",
+    request_body = NewCustomerBody,
+    responses(
+        (status = 201, description = "The customer", body = Customer),
+        (status = 400, description = "A bad body, a blank name or an unknown plan", body = ErrorBody),
+        (status = 409, description = "The subject already names another customer", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 422, description = "The database refused a value", body = ErrorBody),
+        (status = 503, description = "The database is not answering", body = ErrorBody),
+    ))]
 async fn create(
     State(state): State<ApiState>,
     ApiJson(body): ApiJson<NewCustomerBody>,
@@ -126,24 +157,60 @@ async fn create(
     Ok((StatusCode::CREATED, Json(customer)))
 }
 
+/// A customer with its API keys.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerWithKeys {
+    /// The customer.
+    pub customer: Customer,
+    /// Its keys (never their secrets), revoked ones included.
+    pub keys: Vec<ApiKeyRecord>,
+}
+
+#[utoipa::path(get, path = "/customers/{id}", tag = "customers",
+    summary = "A customer and its API keys",
+    params(CustomerPath),
+    responses(
+        (status = 200, description = "The customer and its keys", body = CustomerWithKeys),
+        (status = 400, description = "Not a customer id", body = ErrorBody),
+        (status = 404, description = "No such customer", body = ErrorBody),
+        (status = 503, description = "The database is not answering", body = ErrorBody),
+    ))]
 async fn show(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CustomerWithKeys>, ApiError> {
     let id = customer_id(&id)?;
     let customer = existing(&state, &id).await?;
     let keys = state.store.list_api_keys(Some(&id)).await?;
-    Ok(Json(json!({ "customer": customer, "keys": keys })))
+    Ok(Json(CustomerWithKeys { customer, keys }))
 }
 
-#[derive(Debug, Deserialize)]
+/// A customer's id in the path.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct CustomerPath {
+    /// The customer's id.
+    #[param(pattern = "^cus_[A-Za-z0-9]+$")]
+    pub id: String,
+}
+
+/// What to change of a customer: at least one field.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CustomerChange {
+    /// Suspending refuses every call until resumed.
+    #[schema(value_type = Option<CustomerStatus>)]
     status: Option<String>,
+    /// A configured plan's id.
     plan: Option<String>,
+    /// Display name (not blank).
     name: Option<String>,
+    /// Contact email; `null` clears it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     email: Option<Option<String>>,
+    /// Replaces the metadata.
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Map<String, Value>>,
 }
 
@@ -165,6 +232,19 @@ async fn set_status(
     Ok(customer)
 }
 
+#[utoipa::path(patch, path = "/customers/{id}", tag = "customers",
+    summary = "Change a customer's status, plan, name, email or metadata",
+    params(CustomerPath),
+    request_body = CustomerChange,
+    responses(
+        (status = 200, description = "The customer as changed", body = Customer),
+        (status = 400, description = "A bad id or body, nothing to change, or an unknown plan", body = ErrorBody),
+        (status = 404, description = "No such customer", body = ErrorBody),
+        (status = 409, description = "A conflicting change", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 422, description = "The database refused a value", body = ErrorBody),
+        (status = 503, description = "The database is not answering", body = ErrorBody),
+    ))]
 async fn update(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -210,6 +290,15 @@ async fn update(
     Ok(Json(customer))
 }
 
+#[utoipa::path(delete, path = "/customers/{id}", tag = "customers",
+    summary = "Suspend a customer (its history is kept)",
+    params(CustomerPath),
+    responses(
+        (status = 200, description = "The customer, suspended", body = Customer),
+        (status = 400, description = "Not a customer id", body = ErrorBody),
+        (status = 404, description = "No such customer", body = ErrorBody),
+        (status = 503, description = "The database is not answering", body = ErrorBody),
+    ))]
 async fn remove(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -220,35 +309,67 @@ async fn remove(
     ))
 }
 
+#[utoipa::path(get, path = "/customers/{id}/keys", tag = "customers",
+    summary = "A customer's API keys (one page, never their secrets)",
+    params(CustomerPath),
+    responses(
+        (status = 200, description = "All the customer's keys; `next_cursor` is always null", body = Page<ApiKeyRecord>),
+        (status = 400, description = "Not a customer id", body = ErrorBody),
+        (status = 404, description = "No such customer", body = ErrorBody),
+        (status = 503, description = "The database is not answering", body = ErrorBody),
+    ))]
 async fn list_keys(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Page<ApiKeyRecord>>, ApiError> {
     let id = customer_id(&id)?;
     existing(&state, &id).await?;
     let keys = state.store.list_api_keys(Some(&id)).await?;
-    Ok(Json(json!({ "data": keys, "next_cursor": null })))
+    Ok(Json(Page {
+        data: keys,
+        next_cursor: None,
+    }))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A new API key.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewKeyBody {
+    /// A label.
     name: Option<String>,
+    /// When the key stops working, in the future (RFC 3339).
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
+    /// Tools the key may call (exact names or `prefix*`); none: all.
     #[serde(default)]
     tools: Vec<String>,
+    /// JSON-RPC methods the key may use (exact or `prefix*`); none: all.
     #[serde(default)]
     methods: Vec<String>,
 }
 
-/// A key as answered once at creation.
-#[derive(Serialize)]
+/// A key as answered once at creation: the secret and the record.
+#[derive(Serialize, ToSchema)]
 struct CreatedKey {
+    /// The secret (`mcp_…`): shown in this answer only.
     key: String,
     #[serde(flatten)]
     record: ApiKeyRecord,
 }
 
+#[utoipa::path(post, path = "/customers/{id}/keys", tag = "customers",
+    summary = "Create an API key (the secret is in this answer only)",
+    params(CustomerPath),
+    request_body = NewKeyBody,
+    responses(
+        (status = 201, description = "The key and its secret", body = CreatedKey),
+        (status = 400, description = "A bad id or body, or `expires_at` not in the future", body = ErrorBody),
+        (status = 404, description = "No such customer", body = ErrorBody),
+        (status = 409, description = "A conflicting key", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 422, description = "The database refused a value", body = ErrorBody),
+        (status = 503, description = "The database is not answering", body = ErrorBody),
+    ))]
 async fn create_key(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -288,6 +409,24 @@ async fn create_key(
     ))
 }
 
+/// An API key's id in the path.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct KeyPath {
+    /// The key's id (not its secret).
+    #[param(pattern = "^key_[A-Za-z0-9]+$")]
+    pub id: String,
+}
+
+#[utoipa::path(delete, path = "/keys/{id}", tag = "customers",
+    summary = "Revoke an API key",
+    params(KeyPath),
+    responses(
+        (status = 200, description = "The key, revoked", body = ApiKeyRecord),
+        (status = 400, description = "Not a key id", body = ErrorBody),
+        (status = 404, description = "No such key", body = ErrorBody),
+        (status = 503, description = "The database is not answering", body = ErrorBody),
+    ))]
 async fn revoke_key(
     State(state): State<ApiState>,
     Path(id): Path<String>,

@@ -4,7 +4,8 @@
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mcp_meter_plugin::ports::StoreError;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 /// An API error: a status, a snake_case code and a message a person can
 /// act on.
@@ -62,12 +63,39 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The code and message of an error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable snake_case code (`invalid_request`, `not_found`,
+    /// `unauthenticated`, `conflict`, …).
+    #[schema(example = "invalid_request")]
+    pub code: String,
+    /// What went wrong and what to do, for a person.
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
+        let text = serde_json::to_string(&body).unwrap_or_else(|_| {
+            r#"{"error":{"code":"internal","message":"the error could not be encoded"}}"#.to_owned()
+        });
         (
             self.status,
             [(header::CONTENT_TYPE, "application/json")],
-            json!({ "error": { "code": self.code, "message": self.message } }).to_string(),
+            text,
         )
             .into_response()
     }

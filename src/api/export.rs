@@ -6,49 +6,82 @@
 //! shape; a database failure after it ends the body early (the client
 //! sees it cut short) and is logged.
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use futures_util::TryStreamExt as _;
 use mcp_meter_plugin::identity::UnixMillis;
 use mcp_meter_plugin::ports::UsageOutcome;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::ApiState;
 use super::customers::customer_id;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiQuery, range};
 use crate::export::{Export, Format, Table};
 
 /// The routes.
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/export/usage", get(usage))
-        .route("/export/ledger", get(ledger))
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(usage))
+        .routes(routes!(ledger))
+}
+
+/// The formats of an export.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // Only documents the strings `format` takes.
+enum ExportFormat {
+    /// `text/csv`, with a header row.
+    Csv,
+    /// `application/x-ndjson`: one JSON object a line.
+    Jsonl,
 }
 
 /// The parameters of `/export/usage`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct UsageExportQuery {
+    /// The file format.
+    #[param(required = true, value_type = ExportFormat, inline)]
     format: Option<String>,
+    /// Only this customer's records.
+    #[param(pattern = "^cus_[A-Za-z0-9]+$")]
     customer: Option<String>,
+    /// Only calls of this tool.
     tool: Option<String>,
+    /// Only calls that ended so.
+    #[param(value_type = Option<UsageOutcome>)]
     outcome: Option<String>,
+    /// From this time on (inclusive, RFC 3339).
+    #[param(format = DateTime)]
     since: Option<String>,
+    /// Before this time (exclusive, RFC 3339; after `since`).
+    #[param(format = DateTime)]
     until: Option<String>,
 }
 
 /// The parameters of `/export/ledger`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct LedgerExportQuery {
+    /// The file format.
+    #[param(required = true, value_type = ExportFormat, inline)]
     format: Option<String>,
+    /// Only this customer's entries.
+    #[param(pattern = "^cus_[A-Za-z0-9]+$")]
     customer: Option<String>,
+    /// From this time on (inclusive, RFC 3339).
+    #[param(format = DateTime)]
     since: Option<String>,
+    /// Before this time (exclusive, RFC 3339; after `since`).
+    #[param(format = DateTime)]
     until: Option<String>,
 }
 
@@ -60,6 +93,18 @@ fn format(text: Option<&str>) -> Result<Format, ApiError> {
     }
 }
 
+#[utoipa::path(get, path = "/export/usage", tag = "export",
+    summary = "Usage records as a file, streamed",
+    params(UsageExportQuery),
+    responses(
+        (status = 200, description = "The records, oldest first (a database failure part way cuts the body short)",
+            headers(("Content-Disposition" = String, description = "attachment; filename=\"usage-….csv\"")),
+            content(
+                (String = "text/csv"),
+                (String = "application/x-ndjson"),
+            )),
+        (status = 400, description = "A missing or bad `format`, or a bad filter", body = ErrorBody),
+    ))]
 async fn usage(
     State(state): State<ApiState>,
     ApiQuery(query): ApiQuery<UsageExportQuery>,
@@ -86,6 +131,18 @@ async fn usage(
     Ok(respond(&state, export))
 }
 
+#[utoipa::path(get, path = "/export/ledger", tag = "export",
+    summary = "Ledger entries as a file, streamed",
+    params(LedgerExportQuery),
+    responses(
+        (status = 200, description = "The entries, oldest first (a database failure part way cuts the body short)",
+            headers(("Content-Disposition" = String, description = "attachment; filename=\"ledger-….csv\"")),
+            content(
+                (String = "text/csv"),
+                (String = "application/x-ndjson"),
+            )),
+        (status = 400, description = "A missing or bad `format`, or a bad filter", body = ErrorBody),
+    ))]
 async fn ledger(
     State(state): State<ApiState>,
     ApiQuery(query): ApiQuery<LedgerExportQuery>,

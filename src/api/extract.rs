@@ -64,18 +64,26 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                     ),
                     other => ApiError::invalid(other.body_text()),
                 })?;
+        // Every body is an object: serde would also read a struct from an
+        // array of its fields in order (`["Ada"]`), which no client means.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::invalid("the body must be a JSON object"));
+        }
         let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(&mut deserializer)
-            .map(ApiJson)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let at = if path == "." {
-                    String::new()
-                } else {
-                    format!(" at `{path}`")
-                };
-                ApiError::invalid(format!("the JSON body is not valid{at}: {}", e.inner()))
-            })
+        let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let at = if path == "." {
+                String::new()
+            } else {
+                format!(" at `{path}`")
+            };
+            ApiError::invalid(format!("the JSON body is not valid{at}: {}", e.inner()))
+        })?;
+        // Nothing but whitespace may follow the object.
+        deserializer
+            .end()
+            .map_err(|e| ApiError::invalid(format!("the JSON body is not valid: {e}")))?;
+        Ok(ApiJson(value))
     }
 }
 
@@ -133,11 +141,12 @@ pub fn position(cursor: &str) -> Result<String, ApiError> {
 }
 
 /// One page of a list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     /// The items.
     pub data: Vec<T>,
-    /// The cursor of the next page; `null` on the last.
+    /// The cursor of the next page (pass it as `cursor`); `null` on the
+    /// last.
     pub next_cursor: Option<String>,
 }
 

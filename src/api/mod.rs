@@ -9,6 +9,8 @@
 //!   the one error shape of [`error`].
 //! * [`customers`], [`credits`], [`usage`], [`export`], [`billing`],
 //!   [`queues`], [`analytics`], [`me`]: the routes.
+//! * [`openapi`]: the OpenAPI 3.1 document of them all, derived from the
+//!   handlers, served at `/api/v1/openapi.json`.
 //!
 //! JSON in and out; errors are `{"error": {"code", "message"}}`; lists are
 //! `{"data": […], "next_cursor": …}` with `limit` (1 to 1000, default
@@ -24,6 +26,7 @@ pub mod error;
 pub mod export;
 pub mod extract;
 pub mod me;
+pub mod openapi;
 pub mod queues;
 pub mod usage;
 
@@ -34,6 +37,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use mcp_meter_auth::Authenticator;
 use mcp_meter_billing::Catalog;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use config::ApiConfig;
 
@@ -59,15 +63,15 @@ pub struct ApiState {
 /// when the admin routes have a listener of their own.
 pub fn me_router(state: ApiState, max_body_bytes: usize) -> Router {
     Router::new()
-        .nest("/api/v1", me::routes())
+        .nest("/api/v1", Router::from(me::routes()))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
 
-/// The API's routes under `/api/v1`, for `state`, with bodies limited to
-/// `max_body_bytes`.
-pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
-    let admin = Router::new()
+/// The routes behind the admin token (each documented where it is
+/// registered).
+fn admin_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
         .merge(customers::routes())
         .merge(credits::routes())
         .merge(usage::routes())
@@ -75,16 +79,26 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .merge(billing::routes())
         .merge(queues::routes())
         .merge(analytics::routes())
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_admin,
-        ));
+}
+
+/// The API's routes under `/api/v1`, for `state`, with bodies limited to
+/// `max_body_bytes`.
+pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
+    let admin = Router::from(admin_routes()).route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_admin,
+    ));
     Router::new()
         .nest(
             "/api/v1",
-            admin.merge(me::routes()).fallback(|| async {
-                error::ApiError::not_found("there is no such API route; see /api/v1 in the README")
-            }),
+            admin
+                .merge(Router::from(me::routes()))
+                .merge(Router::from(openapi::routes()))
+                .fallback(|| async {
+                    error::ApiError::not_found(
+                        "there is no such API route; see /api/v1 in the README",
+                    )
+                }),
         )
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)

@@ -2,36 +2,50 @@
 //! outcome and time range) and `GET /usage/daily` (the daily roll-ups).
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
 use mcp_meter_plugin::identity::{CallId, UnixMillis};
 use mcp_meter_plugin::ports::{UsageOutcome, UsageRecord};
 use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::ApiState;
 use super::customers::customer_id;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiQuery, Page, limit, position, range};
 use crate::store::{DailyUsage, UsageFilter};
 
 /// The routes.
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/usage", get(records))
-        .route("/usage/daily", get(daily))
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(records))
+        .routes(routes!(daily))
 }
 
 /// The filters of `/usage`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UsageQuery {
+    /// Only this customer's records.
+    #[param(pattern = "^cus_[A-Za-z0-9]+$")]
     customer: Option<String>,
+    /// Only calls of this tool.
     tool: Option<String>,
+    /// Only calls that ended so.
+    #[param(value_type = Option<UsageOutcome>)]
     outcome: Option<String>,
+    /// From this time on (inclusive, RFC 3339).
+    #[param(format = DateTime)]
     since: Option<String>,
+    /// Before this time (exclusive, RFC 3339; after `since`).
+    #[param(format = DateTime)]
     until: Option<String>,
+    /// Records per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -97,6 +111,14 @@ pub async fn page(
     Ok(Page::of(records, limit, cursor_of))
 }
 
+#[utoipa::path(get, path = "/usage", tag = "usage",
+    summary = "Usage records, oldest first, filtered",
+    params(UsageQuery),
+    responses(
+        (status = 200, description = "A page of usage records", body = Page<UsageRecord>),
+        (status = 400, description = "A bad filter, `limit` or `cursor`", body = ErrorBody),
+        (status = 503, description = "The database is not answering", body = ErrorBody),
+    ))]
 async fn records(
     State(state): State<ApiState>,
     ApiQuery(query): ApiQuery<UsageQuery>,
@@ -104,6 +126,20 @@ async fn records(
     Ok(Json(page(&state, &query, None).await?))
 }
 
+#[utoipa::path(get, path = "/usage/daily", tag = "usage",
+    summary = "The daily roll-ups (one row per UTC day, customer, method and tool)",
+    params(
+        ("customer" = Option<String>, Query, pattern = "^cus_[A-Za-z0-9]+$", description = "Only this customer's rows."),
+        ("tool" = Option<String>, Query, description = "Only this tool's rows."),
+        ("since" = Option<String>, Query, format = DateTime, description = "From the UTC day holding this time (RFC 3339)."),
+        ("until" = Option<String>, Query, format = DateTime, description = "Up to this time (exclusive, RFC 3339; after `since`)."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "The most rows (default 100): more matching rows are refused, not paged."),
+    ),
+    responses(
+        (status = 200, description = "The rows; `next_cursor` is always null", body = Page<DailyUsage>),
+        (status = 400, description = "A bad filter, `outcome` or `cursor` given, or more rows than `limit`", body = ErrorBody),
+        (status = 503, description = "The database is not answering", body = ErrorBody),
+    ))]
 async fn daily(
     State(state): State<ApiState>,
     ApiQuery(query): ApiQuery<UsageQuery>,

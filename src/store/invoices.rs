@@ -54,7 +54,7 @@ pub struct NewInvoiceItem {
 }
 
 /// A queued invoice item.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct InvoiceItemRow {
     /// Position in the outbox.
     pub id: i64,

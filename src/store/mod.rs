@@ -161,7 +161,7 @@ pub struct UsageFilter {
 
 /// One row of the daily roll-up: the totals of one UTC day for one customer,
 /// method and tool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DailyUsage {
     /// The UTC day, `YYYY-MM-DD`.
     pub day: String,

@@ -30,6 +30,7 @@ const PAYLOAD_MAX_BYTES: usize = 16 * 1024 * 1024 - 1;
 /// Where a stored webhook event stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(utoipa::ToSchema)]
 pub enum WebhookStatus {
     /// Waiting to be processed (again).
     Pending,
@@ -77,7 +78,7 @@ pub struct NewWebhookEvent {
 }
 
 /// A stored webhook event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct WebhookEvent {
     /// The provider's event id (`evt_…`).
     pub id: String,

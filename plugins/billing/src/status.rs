@@ -20,6 +20,7 @@ use crate::subscription::{CALLS_COUNTER, period_of};
 
 /// Where a customer stands with their plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BillingStatus {
     /// The customer.
     pub customer_id: CustomerId,
@@ -52,8 +53,10 @@ pub struct BillingStatus {
     pub subscription_status: Option<String>,
 }
 
-/// Included or free calls in the current period.
+/// Included or free calls in the current period (units, on a subscription
+/// with a meter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QuotaStatus {
     /// Calls counted in the period (on a subscription with overage, calls
     /// beyond the included ones are counted too).
@@ -171,8 +174,13 @@ pub async fn billing_status(
                 (None, BillingPeriod::Subscription) => None,
             };
             if let Some((start, _)) = bounds {
+                // Counted in blocks; told in units with a meter.
+                let scale = rules.metering.as_ref().map_or(1, |m| m.unit_size);
                 let used = ledger.counter(&customer.id, CALLS_COUNTER, start).await?;
-                status.quota = Some(QuotaStatus::new(used, rules.included_calls));
+                status.quota = Some(QuotaStatus::new(
+                    used.saturating_mul(scale),
+                    rules.included_calls.saturating_mul(scale),
+                ));
             }
             period = bounds;
         }

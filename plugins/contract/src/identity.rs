@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 /// 64-bit integer in every backend, so all three agree to the millisecond.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(value_type = i64, format = Int64))]
 pub struct UnixMillis(pub i64);
 
 impl UnixMillis {
@@ -27,10 +29,12 @@ impl UnixMillis {
 }
 
 macro_rules! prefixed_id {
-    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $pattern:literal) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(transparent)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+        #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = $pattern))]
         pub struct $name(Arc<str>);
 
         impl $name {
@@ -74,17 +78,20 @@ macro_rules! prefixed_id {
 prefixed_id!(
     /// A customer's opaque id, `cus_…`.
     CustomerId,
-    "cus_"
+    "cus_",
+    "^cus_[A-Za-z0-9]+$"
 );
 prefixed_id!(
     /// An API key's id (not the secret), `key_…`.
     KeyId,
-    "key_"
+    "key_",
+    "^key_[A-Za-z0-9]+$"
 );
 prefixed_id!(
     /// One proxied call's id in the usage records, `call_…`.
     CallId,
-    "call_"
+    "call_",
+    "^call_"
 );
 
 impl CallId {
@@ -103,6 +110,7 @@ impl CallId {
 /// Whether a customer may make calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum CustomerStatus {
     /// Calls are allowed (subject to the plan).
     Active,
@@ -131,6 +139,7 @@ impl CustomerStatus {
 
 /// A customer of the operator's MCP service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Customer {
     /// Opaque id, `cus_…`.
     pub id: CustomerId,
@@ -147,6 +156,7 @@ pub struct Customer {
     /// The identity-provider subject a JWT names this customer by, if any.
     pub external_subject: Option<String>,
     /// Free-form operator metadata (a JSON object).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// When the customer was created.
     pub created_at: UnixMillis,
@@ -156,6 +166,7 @@ pub struct Customer {
 
 /// What an API key may be used for. Empty lists mean "no restriction".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyScope {
     /// Tools the key may call (`tools/call` names, exact or `prefix*` globs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -199,6 +210,7 @@ pub fn glob(pattern: &str, name: &str) -> bool {
 /// An API key as stored: everything but the secret, which is kept only as
 /// its SHA-256 hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiKeyRecord {
     /// The key's id, `key_…`.
     pub id: KeyId,

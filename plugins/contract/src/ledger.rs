@@ -57,6 +57,7 @@ impl fmt::Display for ChargeKey {
 /// What a ledger entry records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum EntryKind {
     /// Credits taken from the balance before a call is forwarded.
     Reservation,
@@ -118,6 +119,7 @@ impl EntryKind {
 
 /// One row of the append-only ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LedgerEntry {
     /// Position in the ledger (increasing).
     pub id: i64,
@@ -267,6 +269,7 @@ pub enum ChangeOutcome {
 /// How a period's call count prices one more call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum PriceSchedule {
     /// Every call at one price.
     Flat {
@@ -290,6 +293,7 @@ pub enum PriceSchedule {
 
 /// One price tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Tier {
     /// The last call number (in the period) this tier covers; `None` for
     /// the open-ended last tier.

@@ -14,6 +14,7 @@ use crate::ports::StoreError;
 /// Where an outbox event stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum OutboxStatus {
     /// Waiting to be sent (again).
     Pending,
@@ -47,6 +48,7 @@ impl OutboxStatus {
 
 /// One meter event for the payment provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MeterEvent {
     /// Position in the outbox (increasing).
     pub id: i64,

@@ -90,6 +90,7 @@ pub trait CustomerDirectory: Send + Sync + 'static {
 /// How one call ended, as recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum UsageOutcome {
     /// A result (not a tool error).
     Ok,
@@ -147,6 +148,7 @@ impl UsageOutcome {
 
 /// One client→server request that reached the plugin stack.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageRecord {
     /// Unique id of the call.
     pub call_id: CallId,

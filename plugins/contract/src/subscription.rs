@@ -14,6 +14,7 @@ use crate::ports::StoreError;
 /// Where a subscription stands (the payment provider's vocabulary).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum SubscriptionStatus {
     /// Paid and current.
     Active,
@@ -75,6 +76,7 @@ impl fmt::Display for SubscriptionStatus {
 
 /// A customer's subscription.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Subscription {
     /// Whose.
     pub customer_id: CustomerId,
