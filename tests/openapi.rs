@@ -83,6 +83,7 @@ const ROUTES: &[&str] = &[
     "GET /api/v1/analytics/dashboard",
     "GET /api/v1/me",
     "GET /api/v1/me/usage",
+    "POST /api/v1/me/checkout",
 ];
 
 /// The proxy (over its demo upstream) with `[api]`, on `db`.

@@ -54,6 +54,12 @@ with unknown fields are refused.",
 )]
 struct Head;
 
+/// `POST /me/checkout`, which the Stripe module serves (it needs the
+/// payment provider, not the API's state).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(crate::stripe::pay::me_checkout))]
+struct Checkout;
+
 /// The route serving the document (public).
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new().routes(routes!(openapi_json))
@@ -65,6 +71,8 @@ pub fn document() -> OpenApi {
     let mut admin = super::admin_routes().into_openapi();
     secure(&mut admin, ADMIN_SCHEME, &admin_refusals());
     let mut me = super::me::routes().into_openapi();
+    // Served by the Stripe module on the proxy's listener, beside `/me`.
+    me.merge(Checkout::openapi());
     secure(&mut me, CUSTOMER_SCHEME, &customer_refusals());
     let mut all = admin;
     all.merge(me);

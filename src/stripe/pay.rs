@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use mcp_meter_auth::Authenticator;
 use mcp_meter_plugin::identity::UnixMillis;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::StripeRuntime;
@@ -39,7 +39,7 @@ const MAX_BODY_BYTES: usize = 16 * 1024;
 const MAX_IDEMPOTENCY_KEY: usize = 200;
 
 #[derive(Clone)]
-struct PayState {
+pub(crate) struct PayState {
     stripe: Option<Arc<StripeRuntime>>,
     authenticator: Option<Arc<Authenticator>>,
 }
@@ -147,25 +147,59 @@ async fn open_link(State(state): State<PayState>, Path(token): Path<String>) -> 
 }
 
 /// The body of `POST /api/v1/me/checkout`: one of the two.
-#[derive(Debug, Deserialize)]
+/// What to buy: exactly one of a credit pack or a subscription plan.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CheckoutBody {
+pub struct CheckoutBody {
+    /// A credit pack of `[stripe] credit_packs`.
     pack: Option<String>,
+    /// A plan with a Stripe price (a subscription).
     plan: Option<String>,
 }
 
-async fn me_checkout(State(state): State<PayState>, headers: HeaderMap, body: Body) -> Response {
+/// An opened Checkout Session.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CheckoutSession {
+    /// Stripe's session id (`cs_…`).
+    id: String,
+    /// Where the customer pays.
+    url: String,
+    /// What is bought: `pack:<id>` or `plan:<id>`.
+    item: String,
+}
+
+#[utoipa::path(post, path = "/me/checkout", tag = "self-service",
+    summary = "Open a Stripe Checkout Session for a credit pack or a plan",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 200,
+            description = "The same key (for the same customer) gives the same session."),
+    ),
+    request_body = CheckoutBody,
+    responses(
+        (status = 200, description = "The session: send the customer to `url`", body = CheckoutSession),
+        (status = 400, description = "A bad body or Idempotency-Key, or an unknown pack or plan", body = crate::api::error::ErrorBody),
+        (status = 404, description = "`not_configured`: Stripe checkout is not configured on this server", body = crate::api::error::ErrorBody),
+        (status = 413, description = "The body is over 16 KiB", body = crate::api::error::ErrorBody),
+        (status = 502, description = "Stripe refused the session", body = crate::api::error::ErrorBody),
+        (status = 503, description = "Stripe or the database is not answering", body = crate::api::error::ErrorBody),
+    ))]
+pub(crate) async fn me_checkout(
+    State(state): State<PayState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    // Who asks, first: an anonymous caller learns nothing of the set-up.
+    let customer = match crate::api::auth::customer(state.authenticator.as_deref(), &headers).await
+    {
+        Ok(customer) => customer,
+        Err(error) => return error.into_response(),
+    };
     let Some(checkout) = state.stripe.as_ref().and_then(|s| s.checkout()) else {
         return json_error(
             StatusCode::NOT_FOUND,
             "not_configured",
             "Stripe checkout is not configured on this server",
         );
-    };
-    let customer = match crate::api::auth::customer(state.authenticator.as_deref(), &headers).await
-    {
-        Ok(customer) => customer,
-        Err(error) => return error.into_response(),
     };
     let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(body) => body,
@@ -224,12 +258,12 @@ async fn me_checkout(State(state): State<PayState>, headers: HeaderMap, body: Bo
         }
     };
     match checkout.open(&customer.id, &item, key.as_deref()).await {
-        Ok(session) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            json!({ "id": session.id, "url": session.url, "item": item.to_string() }).to_string(),
-        )
-            .into_response(),
+        Ok(session) => axum::Json(CheckoutSession {
+            id: session.id,
+            url: session.url,
+            item: item.to_string(),
+        })
+        .into_response(),
         Err(error) => {
             let (status, code, message) = checkout_failure(&error);
             json_error(status, code, &message)
