@@ -3,14 +3,25 @@
 //! the store over several weeks, then every endpoint checked against the
 //! same figures computed here from the generated rows, over ranges whose
 //! edges fall on UTC midnights and between them.
+//!
+//! The daily roll-ups of charges and outcomes, on every backend: the
+//! store's charges, top spenders and outcomes equal what the raw rows
+//! (read back with plain sqlx) give over day-aligned spans, spans cut into
+//! days at both ends, spans inside one day and random millisecond spans;
+//! the roll-ups written with the rows equal a grouping of the raw rows, and
+//! so does what the migration fills in when a database is upgraded (its
+//! SQL day matches the store's, also before 1970 and after 2100); and
+//! concurrent charges and usage batches keep them exact.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use common::db::Kind;
 use common::db::TestDb;
 use common::{Proxy, bin};
+use mcp_meter::store::{CustomerSpend, GroupAmount, LedgerGroup, OutcomeCount, Span, Store};
 use mcp_meter_plugin::identity::{CallId, CustomerId, UnixMillis};
 use mcp_meter_plugin::ledger::{
     Accrual, AccrueOutcome, BalanceChange, ChargeKey, EntryKind, PriceSchedule, Reservation,
@@ -18,6 +29,8 @@ use mcp_meter_plugin::ledger::{
 };
 use mcp_meter_plugin::ports::{NewCustomer, UsageOutcome, UsageRecord};
 use serde_json::{Value, json};
+use sqlx::{AssertSqlSafe, Connection, Row};
+use std::sync::Arc;
 
 const TOKEN: &str = "adm_0123456789abcdef0123456789abcdef";
 const DAY: i64 = 86_400_000;
@@ -731,6 +744,7 @@ async fn analytics_match_the_generated_rows(db: TestDb) {
         (today - 40 * DAY + 6 * HOUR, today - 10 * DAY + 18 * HOUR),
         (today - 5 * DAY, today - 4 * DAY),
         (today - 5 * DAY + 1, today - 4 * DAY + 1),
+        (today - 7 * DAY + 1, today - 6 * DAY - 1),
         (today - 50 * DAY, now + 1),
     ] {
         check_range(&api, &data, since, until).await;
@@ -808,4 +822,540 @@ async fn bad_requests_are_refused(db: TestDb) {
     }
 }
 
-each_backend!(analytics_match_the_generated_rows, bad_requests_are_refused);
+// ---------------------------------------------------------------------------
+// The roll-ups against the raw rows.
+
+/// A row read with plain sqlx: its text columns, then its integer ones.
+type RawRow = (Vec<Option<String>>, Vec<i64>);
+
+macro_rules! read_rows {
+    ($conn:ty, $url:expr, $sql:expr, $texts:expr) => {{
+        let mut conn = <$conn>::connect($url).await.expect("connect for rows");
+        let rows = sqlx::query(AssertSqlSafe($sql.to_owned()))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", $sql));
+        let out: Vec<RawRow> = rows
+            .iter()
+            .map(|row| {
+                let texts = (0..$texts)
+                    .map(|n| row.try_get::<Option<String>, _>(n).expect("text"))
+                    .collect();
+                let ints = ($texts..row.len())
+                    .map(|n| row.try_get::<i64, _>(n).expect("integer"))
+                    .collect();
+                (texts, ints)
+            })
+            .collect();
+        conn.close().await.ok();
+        out
+    }};
+}
+
+/// The rows of `sql`: the first `texts` columns as nullable text, the rest
+/// as 64-bit integers.
+async fn raw_rows(db: &TestDb, sql: &str, texts: usize) -> Vec<RawRow> {
+    match db.kind() {
+        Kind::Sqlite => read_rows!(sqlx::SqliteConnection, db.url(), sql, texts),
+        Kind::Postgres => read_rows!(sqlx::PgConnection, db.url(), sql, texts),
+        Kind::MySql => read_rows!(sqlx::MySqlConnection, db.url(), sql, texts),
+    }
+}
+
+/// A charge entry as stored.
+struct RawCharge {
+    customer: String,
+    plan: Option<String>,
+    tool: Option<String>,
+    unit: String,
+    amount: i64,
+    at: i64,
+}
+
+/// A usage record's outcome as stored.
+struct RawCall {
+    customer: Option<String>,
+    tool: Option<String>,
+    outcome: String,
+    reason: Option<String>,
+    at: i64,
+}
+
+async fn raw_charges(db: &TestDb) -> Vec<RawCharge> {
+    raw_rows(
+        db,
+        "SELECT customer_id, plan_id, tool, unit, amount, created_at FROM ledger_entries \
+         WHERE kind = 'charge'",
+        4,
+    )
+    .await
+    .into_iter()
+    .map(|(t, i)| RawCharge {
+        customer: t[0].clone().expect("customer"),
+        plan: t[1].clone(),
+        tool: t[2].clone(),
+        unit: t[3].clone().expect("unit"),
+        amount: i[0],
+        at: i[1],
+    })
+    .collect()
+}
+
+async fn raw_calls(db: &TestDb) -> Vec<RawCall> {
+    raw_rows(
+        db,
+        "SELECT customer_id, tool, outcome, reason, started_at FROM usage_records",
+        4,
+    )
+    .await
+    .into_iter()
+    .map(|(t, i)| RawCall {
+        customer: t[0].clone(),
+        tool: t[1].clone(),
+        outcome: t[2].clone().expect("outcome"),
+        reason: t[3].clone(),
+        at: i[0],
+    })
+    .collect()
+}
+
+/// A roll-up table: its key columns, then its sums.
+type Rollup = BTreeMap<Vec<String>, Vec<i64>>;
+
+async fn rollup(db: &TestDb, sql: &str) -> Rollup {
+    raw_rows(db, sql, 5)
+        .await
+        .into_iter()
+        .map(|(key, sums)| {
+            let key = key
+                .into_iter()
+                .map(|k| k.expect("roll-up keys are never NULL"))
+                .collect();
+            (key, sums)
+        })
+        .collect()
+}
+
+async fn charges_daily(db: &TestDb) -> Rollup {
+    rollup(
+        db,
+        "SELECT day, customer_id, plan_id, tool, unit, amount, entries FROM charges_daily",
+    )
+    .await
+}
+
+async fn outcomes_daily(db: &TestDb) -> Rollup {
+    rollup(
+        db,
+        "SELECT day, customer_id, tool, outcome, reason, calls FROM outcomes_daily",
+    )
+    .await
+}
+
+/// `charges_daily` as a grouping of the raw charges would have it (days
+/// by chrono, not by the store's code).
+fn charges_grouped(charges: &[RawCharge]) -> Rollup {
+    let mut groups = Rollup::new();
+    for c in charges {
+        let key = vec![
+            day_of(c.at),
+            c.customer.clone(),
+            c.plan.clone().unwrap_or_default(),
+            c.tool.clone().unwrap_or_default(),
+            c.unit.clone(),
+        ];
+        let sums = groups.entry(key).or_insert_with(|| vec![0, 0]);
+        sums[0] += c.amount;
+        sums[1] += 1;
+    }
+    groups
+}
+
+/// `outcomes_daily` as a grouping of the raw records would have it.
+fn outcomes_grouped(calls: &[RawCall]) -> Rollup {
+    let mut groups = Rollup::new();
+    for c in calls {
+        let key = vec![
+            day_of(c.at),
+            c.customer.clone().unwrap_or_default(),
+            c.tool.clone().unwrap_or_default(),
+            c.outcome.clone(),
+            c.reason.clone().unwrap_or_default(),
+        ];
+        *groups
+            .entry(key)
+            .or_insert_with(|| vec![0])
+            .first_mut()
+            .expect("calls") += 1;
+    }
+    groups
+}
+
+fn raw_group_amounts(charges: &[RawCharge], span: Span, group: LedgerGroup) -> Vec<GroupAmount> {
+    let mut sums: BTreeMap<(Option<String>, String), (i64, i64)> = BTreeMap::new();
+    for c in charges
+        .iter()
+        .filter(|c| in_range(c.at, span.since.0, span.until.0))
+    {
+        let key = match group {
+            LedgerGroup::All => None,
+            LedgerGroup::Day => Some(day_of(c.at)),
+            LedgerGroup::Plan => c.plan.clone(),
+            LedgerGroup::Tool => c.tool.clone(),
+        };
+        let sum = sums.entry((key, c.unit.clone())).or_default();
+        sum.0 += c.amount;
+        sum.1 += 1;
+    }
+    sums.into_iter()
+        .map(|((group, unit), (amount, entries))| GroupAmount {
+            group,
+            unit,
+            amount,
+            entries,
+        })
+        .collect()
+}
+
+fn raw_top_spenders(charges: &[RawCharge], span: Span, limit: usize) -> Vec<CustomerSpend> {
+    let mut per: BTreeMap<&str, BTreeMap<&str, (i64, i64)>> = BTreeMap::new();
+    for c in charges
+        .iter()
+        .filter(|c| in_range(c.at, span.since.0, span.until.0))
+    {
+        let sum = per
+            .entry(&c.unit)
+            .or_default()
+            .entry(&c.customer)
+            .or_default();
+        sum.0 += c.amount;
+        sum.1 += 1;
+    }
+    let mut out = Vec::new();
+    for (unit, customers) in per {
+        let mut rows: Vec<_> = customers.into_iter().collect();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1.0));
+        for (customer, (amount, entries)) in rows.into_iter().take(limit) {
+            out.push(CustomerSpend {
+                customer_id: CustomerId::new(customer),
+                unit: unit.to_owned(),
+                amount,
+                entries,
+            });
+        }
+    }
+    out
+}
+
+fn raw_outcomes(calls: &[RawCall], span: Span) -> Vec<OutcomeCount> {
+    let mut per: BTreeMap<(String, Option<String>), i64> = BTreeMap::new();
+    for c in calls
+        .iter()
+        .filter(|c| in_range(c.at, span.since.0, span.until.0))
+    {
+        *per.entry((c.outcome.clone(), c.reason.clone()))
+            .or_default() += 1;
+    }
+    per.into_iter()
+        .map(|((outcome, reason), calls)| OutcomeCount {
+            outcome,
+            reason,
+            calls,
+        })
+        .collect()
+}
+
+/// Checks the store's roll-up answers over `span` against the raw rows.
+async fn check_span(store: &Arc<dyn Store>, charges: &[RawCharge], calls: &[RawCall], span: Span) {
+    for group in [
+        LedgerGroup::All,
+        LedgerGroup::Day,
+        LedgerGroup::Plan,
+        LedgerGroup::Tool,
+    ] {
+        assert_eq!(
+            store.charges(span, group).await.expect("charges"),
+            raw_group_amounts(charges, span, group),
+            "charges by {group:?} over {span:?}"
+        );
+    }
+    for limit in [1, 2, 100] {
+        assert_eq!(
+            store.top_spenders(span, limit).await.expect("top spenders"),
+            raw_top_spenders(charges, span, limit as usize),
+            "top {limit} spenders over {span:?}"
+        );
+    }
+    assert_eq!(
+        store.outcomes(span).await.expect("outcomes"),
+        raw_outcomes(calls, span),
+        "outcomes over {span:?}"
+    );
+}
+
+fn span(since: i64, until: i64) -> Span {
+    Span {
+        since: UnixMillis(since),
+        until: UnixMillis(until),
+    }
+}
+
+async fn rollups_answer_like_the_raw_rows(db: TestDb) {
+    let now = now_ms();
+    let today = now - now.rem_euclid(DAY);
+    generate(&db, today).await;
+    let store = db.open().await;
+    let charges = raw_charges(&db).await;
+    let calls = raw_calls(&db).await;
+    assert_eq!(charges.len(), 200);
+    assert_eq!(calls.len(), 720);
+    // What the writers put in the roll-ups is the grouping of the rows.
+    assert_eq!(charges_daily(&db).await, charges_grouped(&charges));
+    assert_eq!(outcomes_daily(&db).await, outcomes_grouped(&calls));
+
+    let mut spans = vec![
+        // Day-aligned.
+        span(today - 30 * DAY, today - 3 * DAY),
+        span(today - 5 * DAY, today - 4 * DAY),
+        // Cut into days at both ends, by a millisecond and by hours.
+        span(today - 30 * DAY - 1, today - 3 * DAY + 1),
+        span(today - 30 * DAY + 1, today - 3 * DAY - 1),
+        span(today - 40 * DAY + 6 * HOUR, today - 10 * DAY + 18 * HOUR),
+        // Inside one day; across one midnight without a whole day.
+        span(today - 7 * DAY + 1, today - 6 * DAY - 1),
+        span(today - 7 * DAY + 2 * HOUR, today - 7 * DAY + 3 * HOUR),
+        span(today - 7 * DAY - HOUR, today - 7 * DAY + HOUR),
+        // A single millisecond on a midnight; everything.
+        span(today - 9 * DAY, today - 9 * DAY + 1),
+        span(today - 50 * DAY, now + 1),
+    ];
+    let mut rng = Lcg(11);
+    for _ in 0..30 {
+        let since = today - 48 * DAY + rng.next(48 * DAY as u64);
+        spans.push(span(since, since + 1 + rng.next(12 * DAY as u64)));
+    }
+    for span in spans {
+        check_span(&store, &charges, &calls, span).await;
+    }
+}
+
+/// Instants whose UTC day is easy to get wrong: before 1970, on and
+/// around midnights, a leap day, after 2100.
+const ODD_TIMES: [i64; 8] = [
+    -DAY - 1,
+    -1,
+    0,
+    DAY - 1,
+    951_782_400_000,
+    951_868_799_999,
+    4_107_542_399_999,
+    4_107_542_400_000,
+];
+
+async fn the_migration_backfills_the_rollups(db: TestDb) {
+    let store = db.open().await;
+    let mut customers = Vec::new();
+    for name in ["Ada", "Bob"] {
+        let customer = store
+            .create_customer(NewCustomer {
+                name: name.into(),
+                email: None,
+                plan_id: None,
+                external_subject: None,
+                metadata: Default::default(),
+            })
+            .await
+            .expect("customer");
+        customers.push(customer.id);
+    }
+    let mut records = Vec::new();
+    for (n, at) in ODD_TIMES.into_iter().enumerate() {
+        for k in 0..3 {
+            let customer = customers[(n + k) % 2].clone();
+            let tool = [Some("echo"), None, Some("add")][k].map(str::to_owned);
+            store
+                .accrue(&Accrual {
+                    customer_id: customer.clone(),
+                    charge_key: ChargeKey::new(format!("odd{n}-{k}")),
+                    call_id: CallId::new(format!("call_odd{n}-{k}")),
+                    plan_id: ["payg", "pro"][k % 2].into(),
+                    tool: tool.clone(),
+                    currency: ["usd", "eur"][n % 2].into(),
+                    counter: format!("calls{k}"),
+                    period_start: UnixMillis(at - at.rem_euclid(DAY)),
+                    schedule: PriceSchedule::Flat {
+                        price: 1_000 * (n as i64 + 1),
+                    },
+                    quantity: 1,
+                    at: UnixMillis(at + k as i64),
+                })
+                .await
+                .expect("accrue");
+            let (outcome, reason) = [
+                (UsageOutcome::Ok, None),
+                (UsageOutcome::Refused, Some("quota_exceeded")),
+                (UsageOutcome::UpstreamError, Some("upstream exited")),
+            ][k];
+            records.push(UsageRecord {
+                call_id: CallId::new(format!("call_odd{n}-{k}")),
+                customer_id: (k != 1).then(|| customer.clone()),
+                key_id: None,
+                session_id: None,
+                method: "tools/call".into(),
+                tool,
+                started_at: UnixMillis(at + k as i64),
+                duration_us: 1,
+                bytes_in: 1,
+                bytes_out: 1,
+                outcome,
+                reason: reason.map(str::to_owned),
+                units: 1,
+            });
+        }
+    }
+    store.record_usage(&records).await.expect("record usage");
+    let charges = raw_charges(&db).await;
+    let calls = raw_calls(&db).await;
+    let written = (charges_daily(&db).await, outcomes_daily(&db).await);
+    assert_eq!(written.0, charges_grouped(&charges));
+    assert_eq!(written.1, outcomes_grouped(&calls));
+    assert!(written.0.keys().any(|k| k[0] == "1969-12-31"));
+    assert!(written.1.keys().any(|k| k[0] == "2100-03-01"));
+    assert!(written.1.keys().any(|k| k[0] == "2000-02-29"));
+    drop(store);
+
+    // As a database of schema 6 with these rows: no roll-ups yet.
+    for sql in [
+        "DROP TABLE charges_daily",
+        "DROP TABLE outcomes_daily",
+        "DELETE FROM _sqlx_migrations WHERE version = 7",
+    ] {
+        db.execute(sql).await;
+    }
+    let store = db.open().await;
+    let filled = (charges_daily(&db).await, outcomes_daily(&db).await);
+    assert_eq!(filled.0, written.0, "charges_daily filled by the migration");
+    assert_eq!(
+        filled.1, written.1,
+        "outcomes_daily filled by the migration"
+    );
+    for (since, until) in [
+        (-2 * DAY, 2 * DAY),
+        (-DAY - 1, DAY),
+        (-1, 1),
+        (951_782_400_000 - 1, 4_107_542_400_001),
+        (951_782_400_001, 4_107_542_400_000),
+    ] {
+        check_span(&store, &charges, &calls, span(since, until)).await;
+    }
+}
+
+async fn concurrent_writes_keep_the_rollups_exact(db: TestDb) {
+    let store = db.open_wide().await;
+    let mut customers = Vec::new();
+    for name in ["Ada", "Bob"] {
+        let customer = store
+            .create_customer(NewCustomer {
+                name: name.into(),
+                email: None,
+                plan_id: None,
+                external_subject: None,
+                metadata: Default::default(),
+            })
+            .await
+            .expect("customer");
+        customers.push(customer.id);
+    }
+    let t0 = 1_780_012_800_000 - 1_780_012_800_000 % DAY;
+    // Many charges on few roll-up rows (same day, customer, plan, tool and
+    // currency) under different counters, so they do not queue on one
+    // counter row first; some across midnight.
+    let tasks: Vec<_> = (0..160)
+        .map(|n: i64| {
+            let store = store.clone();
+            let customer = customers[(n % 2) as usize].clone();
+            tokio::spawn(async move {
+                let at = t0 + DAY - 40 + n;
+                store
+                    .accrue(&Accrual {
+                        customer_id: customer,
+                        charge_key: ChargeKey::new(format!("hot{n}")),
+                        call_id: CallId::new(format!("call_hot{n}")),
+                        plan_id: "payg".into(),
+                        tool: (n % 3 != 0).then(|| "echo".to_owned()),
+                        currency: "usd".into(),
+                        counter: format!("calls{}", n % 8),
+                        period_start: UnixMillis(t0),
+                        schedule: PriceSchedule::Flat { price: 10 + n },
+                        quantity: 1,
+                        at: UnixMillis(at),
+                    })
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let outcome = task.await.expect("task").expect("accrue");
+        assert!(
+            matches!(outcome, AccrueOutcome::Charged { .. }),
+            "{outcome:?}"
+        );
+    }
+    // Usage batches at once, overlapping (a batch sent again).
+    let batches: Vec<Vec<UsageRecord>> = (0..12)
+        .map(|b: i64| {
+            (0..40)
+                .map(|i: i64| {
+                    let n = (b % 6) * 40 + i;
+                    UsageRecord {
+                        call_id: CallId::new(format!("call_u{n}")),
+                        customer_id: (n % 5 != 0).then(|| customers[(n % 2) as usize].clone()),
+                        key_id: None,
+                        session_id: None,
+                        method: "tools/call".into(),
+                        tool: Some(["echo", "add"][(n % 2) as usize].into()),
+                        started_at: UnixMillis(t0 + DAY - 100 + n),
+                        duration_us: 1,
+                        bytes_in: 1,
+                        bytes_out: 1,
+                        outcome: [UsageOutcome::Ok, UsageOutcome::Refused][(n % 3 == 0) as usize],
+                        reason: (n % 3 == 0).then(|| "insufficient_credits".to_owned()),
+                        units: 1,
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let tasks: Vec<_> = batches
+        .into_iter()
+        .map(|batch| {
+            let store = store.clone();
+            tokio::spawn(async move { store.record_usage(&batch).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task").expect("record usage");
+    }
+    let charges = raw_charges(&db).await;
+    let calls = raw_calls(&db).await;
+    assert_eq!(charges.len(), 160);
+    assert_eq!(calls.len(), 240);
+    let daily = charges_daily(&db).await;
+    assert_eq!(daily, charges_grouped(&charges));
+    assert_eq!(daily.values().map(|s| s[1]).sum::<i64>(), 160);
+    assert_eq!(
+        daily.values().map(|s| s[0]).sum::<i64>(),
+        (10..170).sum::<i64>()
+    );
+    assert_eq!(outcomes_daily(&db).await, outcomes_grouped(&calls));
+    check_span(&store, &charges, &calls, span(t0, t0 + 2 * DAY)).await;
+    check_span(&store, &charges, &calls, span(t0 + DAY - 30, t0 + DAY + 30)).await;
+}
+
+each_backend!(
+    analytics_match_the_generated_rows,
+    bad_requests_are_refused,
+    rollups_answer_like_the_raw_rows,
+    the_migration_backfills_the_rollups,
+    concurrent_writes_keep_the_rollups_exact,
+);

@@ -817,7 +817,7 @@ async fn sqlite_to_postgres_to_mariadb_to_sqlite_keeps_every_row() {
     }
     let total: usize = original.values().map(Vec::len).sum();
     assert!(total > 3_000, "a few thousand rows: {total}");
-    assert_eq!(original.len(), 13, "every data table");
+    assert_eq!(original.len(), 15, "every data table");
 
     let postgres = TestDb::postgres().await;
     let mariadb = TestDb::mysql().await;
@@ -896,6 +896,7 @@ async fn an_interrupted_copy_resumes_and_ends_identical() {
     target
         .execute(&format!(
             "DELETE FROM webhook_events; DELETE FROM invoice_outbox; DELETE FROM meter_outbox; \
+             DELETE FROM outcomes_daily; DELETE FROM charges_daily; \
              DELETE FROM usage_daily; DELETE FROM usage_records; DELETE FROM quota_uses; \
              DELETE FROM period_counters; DELETE FROM call_charges; \
              DELETE FROM ledger_entries WHERE id > {cut}"
@@ -953,7 +954,7 @@ async fn a_source_of_another_schema_version_is_refused() {
     assert_eq!(output.status.code(), Some(1));
     let err = stderr(&output);
     assert!(
-        err.contains("has schema version 99, newer than this mcp-meter knows (6)"),
+        err.contains("has schema version 99, newer than this mcp-meter knows (7)"),
         "{err}"
     );
     assert!(!target_file.exists(), "the target is not touched");
@@ -965,7 +966,7 @@ async fn a_source_of_another_schema_version_is_refused() {
     assert_eq!(output.status.code(), Some(1));
     let err = stderr(&output);
     assert!(
-        err.contains("is at schema version 4, this mcp-meter at 6")
+        err.contains("is at schema version 4, this mcp-meter at 7")
             && err.contains("mcp-meter migrate --database-url"),
         "{err}"
     );

@@ -183,12 +183,12 @@ async fn migrations_apply_once(db: TestDb) {
             .iter()
             .map(|m| m.version)
             .collect::<Vec<_>>(),
-        [1, 2, 3, 4, 5, 6]
+        [1, 2, 3, 4, 5, 6, 7]
     );
     assert_eq!(first.applied_now[0].description, "initial");
     assert_eq!(first.applied_now[1].description, "ledger");
     assert!(first.already_applied.is_empty());
-    assert_eq!(first.current_version(), 6);
+    assert_eq!(first.current_version(), 7);
 
     let again = store::migrate(&db.options()).await.expect("second migrate");
     assert!(again.applied_now.is_empty(), "{again:?}");
@@ -224,7 +224,7 @@ async fn newer_database_is_refused(db: TestDb) {
                 error,
                 OpenError::NewerSchema {
                     database: 9999,
-                    binary: 6,
+                    binary: 7,
                     ..
                 }
             ),
@@ -232,7 +232,7 @@ async fn newer_database_is_refused(db: TestDb) {
         );
         let message = error.to_string();
         assert!(
-            message.contains("9999") && message.contains("up to 6"),
+            message.contains("9999") && message.contains("up to 7"),
             "{message}"
         );
         assert!(message.contains("upgrade mcp-meter"), "{message}");

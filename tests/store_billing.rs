@@ -248,10 +248,11 @@ async fn billing_migration_is_applied(db: TestDb) {
             (3, "billing models"),
             (4, "stripe webhooks"),
             (5, "stripe outbound"),
-            (6, "analytics")
+            (6, "analytics"),
+            (7, "analytics rollups")
         ]
     );
-    assert_eq!(report.current_version(), 6);
+    assert_eq!(report.current_version(), 7);
     let again = store::migrate(&db.options()).await.expect("migrate again");
     assert!(again.applied_now.is_empty(), "{again:?}");
     // The store is each port (trait upcasting, no helper needed).

@@ -205,10 +205,11 @@ async fn ledger_migration_is_applied(db: TestDb) {
             (3, "billing models"),
             (4, "stripe webhooks"),
             (5, "stripe outbound"),
-            (6, "analytics")
+            (6, "analytics"),
+            (7, "analytics rollups")
         ]
     );
-    assert_eq!(report.current_version(), 6);
+    assert_eq!(report.current_version(), 7);
     // The store is a ledger (trait upcasting, no helper needed).
     let store = db.open().await;
     let ledger: Arc<dyn Ledger> = store;

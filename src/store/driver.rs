@@ -47,6 +47,16 @@ pub(super) trait Driver:
     /// that an existing row gets the new totals added.
     const ADD_TO_DAILY: &'static str;
 
+    /// Completes `INSERT INTO charges_daily (day, customer_id, plan_id,
+    /// tool, unit, amount, entries) VALUES …` so that an existing row gets
+    /// the amount and entries added.
+    const ADD_TO_CHARGES_DAILY: &'static str;
+
+    /// Completes `INSERT INTO outcomes_daily (day, customer_id, tool,
+    /// outcome, reason, calls) VALUES …` so that an existing row gets the
+    /// calls added.
+    const ADD_TO_OUTCOMES_DAILY: &'static str;
+
     /// Completes `INSERT INTO usage_records (…) VALUES …` so that a call id
     /// already stored is skipped and the ids actually inserted come back
     /// (`ON CONFLICT DO NOTHING RETURNING`), where the dialect can. `None`:
@@ -102,6 +112,15 @@ pub(super) const ON_CONFLICT_ADD_TO_DAILY: &str = " ON CONFLICT (day, customer_i
      duration_us = usage_daily.duration_us + excluded.duration_us, \
      bytes_in = usage_daily.bytes_in + excluded.bytes_in, \
      bytes_out = usage_daily.bytes_out + excluded.bytes_out";
+
+/// [`Driver::ADD_TO_CHARGES_DAILY`] in the `ON CONFLICT` dialect.
+pub(super) const ON_CONFLICT_ADD_TO_CHARGES_DAILY: &str = " ON CONFLICT (day, customer_id, plan_id, tool, unit) DO UPDATE SET \
+     amount = charges_daily.amount + excluded.amount, \
+     entries = charges_daily.entries + excluded.entries";
+
+/// [`Driver::ADD_TO_OUTCOMES_DAILY`] in the `ON CONFLICT` dialect.
+pub(super) const ON_CONFLICT_ADD_TO_OUTCOMES_DAILY: &str = " ON CONFLICT (day, customer_id, tool, outcome, reason) DO UPDATE SET \
+     calls = outcomes_daily.calls + excluded.calls";
 
 /// A connect-time refusal with a known fix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

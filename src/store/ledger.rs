@@ -50,7 +50,7 @@ use sqlx::Pool;
 
 use super::driver::{Driver, Read};
 use super::error::{Fault, is_lost_race};
-use super::rollup::{TEXT_MAX_CHARS, fit};
+use super::rollup::{TEXT_MAX_CHARS, fit, utc_day};
 use super::rows::{self, LEDGER_COLUMNS};
 use super::statement::Statement;
 
@@ -205,6 +205,11 @@ struct NewEntry<'a> {
 
 /// Appends an entry. A second entry with the same idempotency key for the
 /// customer fails on the unique key (a lost race: the caller runs again).
+/// A `charge` entry is also added to its row of `charges_daily`, in the
+/// same transaction, as the caller's last write: the roll-up row (one per
+/// day, customer, plan, tool and currency) is locked for the shortest time
+/// and after every lock the caller takes, so two writers never wait for
+/// each other in opposite orders.
 async fn append<DB: Driver>(conn: &mut DB::Connection, entry: &NewEntry<'_>) -> Result<(), Fault> {
     let mut statement = Statement::<DB>::new(
         "INSERT INTO ledger_entries (customer_id, kind, amount, unit, balance_after, call_id, \
@@ -226,7 +231,35 @@ async fn append<DB: Driver>(conn: &mut DB::Connection, entry: &NewEntry<'_>) -> 
     statement
         .execute(conn)
         .await
-        .map_err(|error| unless_no_customer(error, entry.customer_id))
+        .map_err(|error| unless_no_customer(error, entry.customer_id))?;
+    if entry.kind == EntryKind::Charge {
+        add_to_charges_daily::<DB>(conn, entry).await?;
+    }
+    Ok(())
+}
+
+/// Adds a charge entry to its row of `charges_daily` (created at 0 when
+/// missing).
+async fn add_to_charges_daily<DB: Driver>(
+    conn: &mut DB::Connection,
+    entry: &NewEntry<'_>,
+) -> Result<(), sqlx::Error> {
+    let mut statement = Statement::<DB>::new(
+        "INSERT INTO charges_daily (day, customer_id, plan_id, tool, unit, amount, entries) \
+         VALUES ",
+    );
+    let day = utc_day(entry.at);
+    statement.tuples([entry], |t, e| {
+        t.bind(day.as_str())
+            .bind(e.customer_id.as_str())
+            .bind(e.plan_id.map_or("", |id| fit(id, TEXT_MAX_CHARS)))
+            .bind(e.tool.map_or("", |tool| fit(tool, TEXT_MAX_CHARS)))
+            .bind(e.unit)
+            .bind(e.amount)
+            .bind(1i64);
+    });
+    statement.push(DB::ADD_TO_CHARGES_DAILY);
+    statement.execute(conn).await
 }
 
 /// A customer's balance (0 without a row).

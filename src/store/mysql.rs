@@ -23,6 +23,11 @@ impl Driver for MySql {
          duration_us = duration_us + VALUES(duration_us), \
          bytes_in = bytes_in + VALUES(bytes_in), \
          bytes_out = bytes_out + VALUES(bytes_out)";
+    const ADD_TO_CHARGES_DAILY: &'static str = " ON DUPLICATE KEY UPDATE \
+         amount = amount + VALUES(amount), \
+         entries = entries + VALUES(entries)";
+    const ADD_TO_OUTCOMES_DAILY: &'static str =
+        " ON DUPLICATE KEY UPDATE calls = calls + VALUES(calls)";
     // Prepared statements count parameters in 16 bits.
     const MAX_PARAMS: usize = 65_535;
     const INT_CAST: &'static str = "SIGNED";

@@ -7,7 +7,10 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::PgConnectOptions;
 
 use super::Backend;
-use super::driver::{ConnectFailure, Driver, ON_CONFLICT_ADD_TO_DAILY};
+use super::driver::{
+    ConnectFailure, Driver, ON_CONFLICT_ADD_TO_CHARGES_DAILY, ON_CONFLICT_ADD_TO_DAILY,
+    ON_CONFLICT_ADD_TO_OUTCOMES_DAILY,
+};
 
 impl Driver for Postgres {
     const BACKEND: Backend = Backend::Postgres;
@@ -17,6 +20,8 @@ impl Driver for Postgres {
     const SKIP_STORED_RETURNING_NEW: Option<&'static str> =
         Some(" ON CONFLICT (call_id) DO NOTHING RETURNING call_id");
     const ADD_TO_DAILY: &'static str = ON_CONFLICT_ADD_TO_DAILY;
+    const ADD_TO_CHARGES_DAILY: &'static str = ON_CONFLICT_ADD_TO_CHARGES_DAILY;
+    const ADD_TO_OUTCOMES_DAILY: &'static str = ON_CONFLICT_ADD_TO_OUTCOMES_DAILY;
     // The wire protocol counts parameters in 16 bits.
     const MAX_PARAMS: usize = 65_535;
     const INT_CAST: &'static str = "BIGINT";

@@ -1,6 +1,7 @@
-//! The daily roll-up in memory: which UTC day a record falls on, and one
-//! total per (day, customer, method, tool) for a batch, so the database gets
-//! one upsert per group instead of one per record. Pure code, no SQL.
+//! The daily roll-ups in memory: which UTC day a record falls on, and one
+//! total per (day, customer, method, tool) — and one count per (day,
+//! customer, tool, outcome, reason) — for a batch, so the database gets one
+//! upsert per group instead of one per record. Pure code, no SQL.
 
 use std::collections::BTreeMap;
 
@@ -56,6 +57,36 @@ pub(super) fn aggregate<'a>(
         totals.duration_us = totals.duration_us.saturating_add(record.duration_us);
         totals.bytes_in = totals.bytes_in.saturating_add(record.bytes_in);
         totals.bytes_out = totals.bytes_out.saturating_add(record.bytes_out);
+    }
+    groups
+}
+
+/// The outcome roll-up key: day, customer (`""` when anonymous), tool
+/// (`""` when none), outcome, reason (`""` when none), as stored in the
+/// usage records (cut alike). Ordered, like [`DayKey`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct OutcomeKey<'a> {
+    pub(super) day: String,
+    pub(super) customer: &'a str,
+    pub(super) tool: &'a str,
+    pub(super) outcome: &'static str,
+    pub(super) reason: &'a str,
+}
+
+/// Counts `records` per day, customer, tool, outcome and reason.
+pub(super) fn count_outcomes<'a>(
+    records: impl IntoIterator<Item = &'a UsageRecord>,
+) -> BTreeMap<OutcomeKey<'a>, i64> {
+    let mut groups: BTreeMap<OutcomeKey<'a>, i64> = BTreeMap::new();
+    for record in records {
+        let key = OutcomeKey {
+            day: utc_day(record.started_at),
+            customer: record.customer_id.as_ref().map_or("", |id| id.as_str()),
+            tool: fit(record.tool.as_deref().unwrap_or(""), TEXT_MAX_CHARS),
+            outcome: record.outcome.as_str(),
+            reason: fit(record.reason.as_deref().unwrap_or(""), TEXT_MAX_CHARS),
+        };
+        *groups.entry(key).or_default() += 1;
     }
     groups
 }
@@ -133,6 +164,42 @@ mod tests {
             reason: None,
             units: 2,
         }
+    }
+
+    #[test]
+    fn outcomes_are_counted_per_day_customer_tool_outcome_and_reason() {
+        let day = MILLIS_PER_DAY;
+        let mut refused = record(4, Some("cus_a"), Some("echo"), day);
+        refused.outcome = UsageOutcome::Refused;
+        refused.reason = Some("quota_exceeded".into());
+        let records = [
+            record(0, Some("cus_a"), Some("echo"), day - 1),
+            record(2, Some("cus_a"), Some("echo"), day - 2),
+            record(1, Some("cus_a"), Some("echo"), day - 3),
+            refused.clone(),
+            refused,
+            record(6, None, None, day),
+        ];
+        let counts: Vec<_> = count_outcomes(&records)
+            .into_iter()
+            .map(|(k, n)| (k.day, k.customer, k.tool, k.outcome, k.reason, n))
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                ("1970-01-01".into(), "cus_a", "echo", "ok", "", 2),
+                ("1970-01-01".into(), "cus_a", "echo", "tool_error", "", 1),
+                ("1970-01-02".into(), "", "", "ok", "", 1),
+                (
+                    "1970-01-02".into(),
+                    "cus_a",
+                    "echo",
+                    "refused",
+                    "quota_exceeded",
+                    2
+                ),
+            ]
+        );
     }
 
     #[test]

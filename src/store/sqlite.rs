@@ -14,7 +14,10 @@ use sqlx::pool::PoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use super::Backend;
-use super::driver::{ConnectFailure, Driver, ON_CONFLICT_ADD_TO_DAILY};
+use super::driver::{
+    ConnectFailure, Driver, ON_CONFLICT_ADD_TO_CHARGES_DAILY, ON_CONFLICT_ADD_TO_DAILY,
+    ON_CONFLICT_ADD_TO_OUTCOMES_DAILY,
+};
 
 /// How long a writer waits for the lock before SQLite answers "busy".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,6 +29,8 @@ impl Driver for Sqlite {
     const FOR_UPDATE: &'static str = "";
     const SKIP_STORED_RETURNING_NEW: Option<&'static str> = None;
     const ADD_TO_DAILY: &'static str = ON_CONFLICT_ADD_TO_DAILY;
+    const ADD_TO_CHARGES_DAILY: &'static str = ON_CONFLICT_ADD_TO_CHARGES_DAILY;
+    const ADD_TO_OUTCOMES_DAILY: &'static str = ON_CONFLICT_ADD_TO_OUTCOMES_DAILY;
     // SQLITE_MAX_VARIABLE_NUMBER of the bundled SQLite (3.32 and later).
     const MAX_PARAMS: usize = 32_766;
     const INT_CAST: &'static str = "INTEGER";

@@ -1,5 +1,6 @@
-//! Usage: writing a batch of records with its daily roll-up in one
-//! transaction, and reading records and roll-ups back.
+//! Usage: writing a batch of records with its daily roll-ups (totals in
+//! `usage_daily`, outcome counts in `outcomes_daily`) in one transaction,
+//! and reading records and roll-ups back.
 //!
 //! A batch may be sent again (the recorder retries after a fault), so a
 //! record whose `call_id` is already stored is skipped and only the records
@@ -19,7 +20,7 @@ use sqlx::Pool;
 
 use super::driver::{Driver, Read};
 use super::error::Fault;
-use super::rollup::{self, DayKey, METHOD_MAX_CHARS, TEXT_MAX_CHARS, Totals, fit};
+use super::rollup::{self, DayKey, METHOD_MAX_CHARS, OutcomeKey, TEXT_MAX_CHARS, Totals, fit};
 use super::rows::{self, DAILY_COLUMNS, USAGE_COLUMNS};
 use super::statement::Statement;
 use super::{DailyUsage, UsageFilter};
@@ -31,6 +32,8 @@ const MAX_ROWS: usize = 512;
 const USAGE_WIDTH: usize = 13;
 /// Columns of `usage_daily`.
 const DAILY_WIDTH: usize = 10;
+/// Columns of `outcomes_daily`.
+const OUTCOMES_WIDTH: usize = 6;
 
 /// Stores a batch and adds it to the daily roll-ups, in one transaction.
 /// Returns how many records were inserted (those whose call id was not
@@ -69,6 +72,14 @@ async fn record_once<DB: Driver>(
         .collect();
     for chunk in chunks(&groups, max_rows::<DB>(DAILY_WIDTH)) {
         add_to_daily::<DB>(&mut tx, chunk).await?;
+    }
+    // Always after `usage_daily`, each in key order: concurrent batches
+    // lock roll-up rows in the same order.
+    let outcomes: Vec<(OutcomeKey<'_>, i64)> = rollup::count_outcomes(fresh.iter().copied())
+        .into_iter()
+        .collect();
+    for chunk in chunks(&outcomes, max_rows::<DB>(OUTCOMES_WIDTH)) {
+        add_to_outcomes::<DB>(&mut tx, chunk).await?;
     }
     tx.commit().await?;
     Ok(fresh.len())
@@ -169,6 +180,25 @@ async fn add_to_daily<DB: Driver>(
             .bind(totals.bytes_out);
     });
     statement.push(DB::ADD_TO_DAILY);
+    statement.execute(conn).await
+}
+
+async fn add_to_outcomes<DB: Driver>(
+    conn: &mut DB::Connection,
+    groups: &[(OutcomeKey<'_>, i64)],
+) -> Result<(), sqlx::Error> {
+    let mut statement = Statement::<DB>::new(
+        "INSERT INTO outcomes_daily (day, customer_id, tool, outcome, reason, calls) VALUES ",
+    );
+    statement.tuples(groups, |t, (key, calls)| {
+        t.bind(key.day.as_str())
+            .bind(key.customer)
+            .bind(key.tool)
+            .bind(key.outcome)
+            .bind(key.reason)
+            .bind(*calls);
+    });
+    statement.push(DB::ADD_TO_OUTCOMES_DAILY);
     statement.execute(conn).await
 }
 

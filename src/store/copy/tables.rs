@@ -8,7 +8,7 @@
 
 /// The schema version these tables describe. `db copy` refuses a source
 /// at any other version.
-pub(super) const SCHEMA_VERSION: i64 = 6;
+pub(super) const SCHEMA_VERSION: i64 = 7;
 
 /// How a column's values are read and bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +236,33 @@ pub(super) const TABLES: &[Table] = &[
             int("bytes_out"),
         ],
         key: 4,
+        identity: false,
+    },
+    Table {
+        name: "charges_daily",
+        columns: &[
+            text("day"),
+            text("customer_id"),
+            text("plan_id"),
+            text("tool"),
+            text("unit"),
+            int("amount"),
+            int("entries"),
+        ],
+        key: 5,
+        identity: false,
+    },
+    Table {
+        name: "outcomes_daily",
+        columns: &[
+            text("day"),
+            text("customer_id"),
+            text("tool"),
+            text("outcome"),
+            text("reason"),
+            int("calls"),
+        ],
+        key: 5,
         identity: false,
     },
     Table {
