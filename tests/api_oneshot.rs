@@ -362,6 +362,24 @@ async fn every_route_answers_in_process(db: TestDb) {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert_error(&answer, "invalid_request", "reversed range");
+    // Cursors this API did not give out: empty, or decoding to something
+    // that is no position; the answer says it is the cursor.
+    for path in [
+        "/customers?cursor=",
+        "/customers?cursor=YWJj",
+        "/usage?cursor=",
+        format!("/customers/{id}/ledger?cursor=").as_str(),
+    ] {
+        let (status, answer) = send(&app, Method::GET, path, admin, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {answer}");
+        assert_error(&answer, "invalid_request", path);
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("cursor")),
+            "{path}: {answer}"
+        );
+    }
     let (_, customers) = send(&app, Method::GET, "/customers", admin, None).await;
     assert_eq!(
         customers["data"].as_array().map(Vec::len),

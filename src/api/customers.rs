@@ -24,7 +24,7 @@ use utoipa_axum::routes;
 
 use super::ApiState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiQuery, Page, limit, position, time};
+use super::extract::{ApiJson, ApiQuery, Page, bad_cursor, limit, position, time};
 use crate::store::{CustomerUpdate, NewApiKey};
 
 /// The routes.
@@ -86,7 +86,7 @@ async fn list(
     let after = query
         .cursor
         .as_deref()
-        .map(|c| position(c).and_then(|p| customer_id(&p)))
+        .map(|c| position(c).and_then(|p| customer_id(&p).map_err(|_| bad_cursor())))
         .transpose()?;
     let customers = state
         .store

@@ -137,7 +137,13 @@ pub fn position(cursor: &str) -> Result<String, ApiError> {
         .decode(cursor)
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or_else(|| ApiError::invalid("`cursor` is not one this API gave out"))
+        .filter(|position| !position.is_empty())
+        .ok_or_else(bad_cursor)
+}
+
+/// The answer to a cursor this API did not give out.
+pub fn bad_cursor() -> ApiError {
+    ApiError::invalid("`cursor` is not one this API gave out")
 }
 
 /// One page of a list.
