@@ -4,6 +4,8 @@
 //! `/me`, and every kind of bad request answered in the one error shape.
 
 mod common;
+
+use common::api::{PLANS, TOKEN};
 #[path = "common/stripe_sign.rs"]
 mod stripe_sign;
 
@@ -18,40 +20,8 @@ use mcp_meter_plugin::ports::{UsageOutcome, UsageRecord};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-const TOKEN: &str = "adm_0123456789abcdef0123456789abcdef";
-
-const PLANS: &str = r#"
-[[plans]]
-id = "starter"
-model = "credits"
-prices = { default = 1 }
-
-[[plans]]
-id = "team"
-model = "subscription"
-currency = "usd"
-subscription = { included_calls = 100 }
-
-[[plans]]
-id = "payg"
-model = "per_call"
-currency = "usd"
-prices = { default = "0.01" }
-"#;
-
 fn start(dir: &std::path::Path, db: &str) -> Proxy {
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\ncommand = {:?}\nargs = [\"demo-upstream\"]\n\
-         [database]\nurl = {db:?}\nmax_connections = 10\n{PLANS}\n\
-         [api]\nadmin_tokens = [\"{TOKEN}\"]\nmax_body_bytes = 2048\n",
-        bin()
-    );
-    let path = dir.join("mcp-meter.toml");
-    std::fs::write(&path, toml).expect("write config");
-    Proxy::start(
-        &["serve", "--config", path.to_str().expect("utf-8 path")],
-        &[],
-    )
+    common::api::start(dir, db, 2048)
 }
 
 /// The API at the proxy's address.

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::api::TOKEN;
+
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -15,35 +17,14 @@ use std::time::{Duration, Instant};
 
 use common::billing::call;
 use common::db::TestDb;
-use common::{Proxy, RawClient, bin, root};
+use common::{Proxy, RawClient, root};
 use mcp_meter_plugin::identity::{CallId, CustomerId, UnixMillis};
 use mcp_meter_plugin::ports::{UsageOutcome, UsageRecord};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-const TOKEN: &str = "adm_0123456789abcdef0123456789abcdef";
-
 /// What the API answers for a route it does not have.
 const NO_SUCH_ROUTE: &str = "there is no such API route";
-
-const PLANS: &str = r#"
-[[plans]]
-id = "starter"
-model = "credits"
-prices = { default = 1 }
-
-[[plans]]
-id = "team"
-model = "subscription"
-currency = "usd"
-subscription = { included_calls = 100 }
-
-[[plans]]
-id = "payg"
-model = "per_call"
-currency = "usd"
-prices = { default = "0.01" }
-"#;
 
 /// Every route of `api::router()` and `api::me_router()`, as
 /// `METHOD /api/v1/…`: the document must list each of them.
@@ -86,20 +67,8 @@ const ROUTES: &[&str] = &[
     "POST /api/v1/me/checkout",
 ];
 
-/// The proxy (over its demo upstream) with `[api]`, on `db`.
-fn start(dir: &Path, db: &str) -> Proxy {
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\ncommand = {:?}\nargs = [\"demo-upstream\"]\n\
-         [database]\nurl = {db:?}\nmax_connections = 10\n{PLANS}\n\
-         [api]\nadmin_tokens = [\"{TOKEN}\"]\nmax_body_bytes = 4096\n",
-        bin()
-    );
-    let path = dir.join("mcp-meter.toml");
-    std::fs::write(&path, toml).expect("write config");
-    Proxy::start(
-        &["serve", "--config", path.to_str().expect("utf-8 path")],
-        &[],
-    )
+fn start(dir: &std::path::Path, db: &str) -> Proxy {
+    common::api::start(dir, db, 4096)
 }
 
 /// The proxy's origin (`http://127.0.0.1:PORT`).

@@ -3,6 +3,7 @@
 //! Streamable HTTP where a test needs to see exactly what a client receives.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod billing;
 pub mod db;
 
