@@ -11,6 +11,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use futures_util::future::join_all;
+
 use common::db::TestDb;
 use mcp_meter::store::{self, Store};
 use mcp_meter_plugin::identity::{CallId, CustomerId, UnixMillis};
@@ -180,6 +182,9 @@ each_backend!(
     concurrent_reservations_of_one_call_charge_once,
     concurrent_grants_to_a_new_balance_apply_once_each,
     two_instances_share_one_balance_exactly,
+    concurrent_writes_of_many_customers_settle_and_refund_exactly,
+    one_refused_write_fails_alone,
+    a_reservation_whose_caller_went_away_is_refunded,
     flat_accruals_number_calls_and_charge_once,
     volume_tiers_add_up_to_the_tier_reached,
     graduated_tiers_charge_each_call_at_its_own_tier,
@@ -867,6 +872,198 @@ async fn two_instances_share_one_balance_exactly(db: TestDb) {
     }
     assert_eq!(entries_of(&*second, &a).await.len(), 301);
     assert_eq!(assert_ledger_adds_up(&*second, &a).await, 0);
+}
+
+/// Reservations, settlements (each sent twice at once), refunds and
+/// second attempts of five customers, all at once: the store writes them
+/// in batches of many customers, and each customer's books come out as if
+/// every write had run alone.
+async fn concurrent_writes_of_many_customers_settle_and_refund_exactly(db: TestDb) {
+    let store = db.open_wide().await;
+    let mut customers = Vec::new();
+    for n in 0..5 {
+        let customer = new_customer(&store, &format!("c{n}")).await;
+        grant(&*store, &customer, 100, "g").await;
+        customers.push(customer);
+    }
+    let calls: Vec<(CustomerId, String)> = customers
+        .iter()
+        .flat_map(|c| (0..20).map(move |n| (c.clone(), format!("call-{n}"))))
+        .collect();
+
+    let reserved = join_all(calls.iter().map(|(c, key)| {
+        let (store, r) = (Arc::clone(&store), reservation(c, key, 3));
+        async move { store.reserve(&r).await }
+    }))
+    .await;
+    for outcome in reserved {
+        assert!(
+            matches!(outcome, Ok(ReserveOutcome::Reserved { attempt: 1, .. })),
+            "{outcome:?}"
+        );
+    }
+    // Even calls settle at 1 of their 3 credits, odd ones are refunded;
+    // each settlement is sent twice.
+    let settle = |(c, key): &(CustomerId, String), n: usize| {
+        if n.is_multiple_of(2) {
+            settlement(c, key, 1, 1)
+        } else {
+            refund(c, key, 1, "upstream_error")
+        }
+    };
+    let twice = calls
+        .iter()
+        .enumerate()
+        .flat_map(|(n, call)| [settle(call, n % 20), settle(call, n % 20)]);
+    let settled = join_all(twice.map(|s| {
+        let store = Arc::clone(&store);
+        async move { (s.refund_reason.is_some(), store.settle(&s).await) }
+    }))
+    .await;
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for (refunded, outcome) in settled {
+        let label = match outcome.expect("settle") {
+            SettleOutcome::Applied { returned: 3, .. } if refunded => "refunded",
+            SettleOutcome::Applied { returned: 2, .. } if !refunded => "settled",
+            SettleOutcome::AlreadySettled => "replayed",
+            other => panic!("unexpected {other:?}"),
+        };
+        *counts.entry(label.to_owned()).or_default() += 1;
+    }
+    assert_eq!(
+        counts,
+        BTreeMap::from([
+            ("refunded".to_owned(), 50),
+            ("replayed".to_owned(), 100),
+            ("settled".to_owned(), 50),
+        ])
+    );
+    // The refunded calls reserve again, as their second attempt.
+    let again = join_all(calls.iter().enumerate().filter(|(n, _)| n % 2 == 1).map(
+        |(_, (c, key))| {
+            let (store, r) = (Arc::clone(&store), reservation(c, key, 3));
+            async move { store.reserve(&r).await }
+        },
+    ))
+    .await;
+    for outcome in again {
+        assert!(
+            matches!(outcome, Ok(ReserveOutcome::Reserved { attempt: 2, .. })),
+            "{outcome:?}"
+        );
+    }
+    for customer in &customers {
+        // 100 − 10 × 1 settled − 10 × 3 reserved again.
+        assert_eq!(assert_ledger_adds_up(&*store, customer).await, 60);
+        assert_eq!(entries_of(&*store, customer).await.len(), 1 + 20 + 20 + 10);
+    }
+}
+
+/// A write the database refuses (here: its ledger entry's key is already
+/// taken by an entry put there by hand) fails alone; the writes batched
+/// with it are applied.
+async fn one_refused_write_fails_alone(db: TestDb) {
+    let store = db.open_wide().await;
+    let a = new_customer(&store, "a").await;
+    grant(&*store, &a, 100, "g").await;
+    db.execute(&format!(
+        "INSERT INTO ledger_entries (customer_id, kind, amount, unit, idempotency_key, \
+         created_at) VALUES ('{a}', 'adjustment', 0, 'calls', 'reserve:poisoned:1', 0)"
+    ))
+    .await;
+
+    let keys: Vec<String> = (0..40)
+        .map(|n| match n {
+            20 => "poisoned".to_owned(),
+            n => format!("call-{n}"),
+        })
+        .collect();
+    let outcomes = join_all(keys.iter().map(|key| {
+        let (store, r) = (Arc::clone(&store), reservation(&a, key, 1));
+        async move { store.reserve(&r).await }
+    }))
+    .await;
+    for (key, outcome) in keys.iter().zip(outcomes) {
+        match (key.as_str(), outcome) {
+            ("poisoned", Err(StoreError::Conflict(_))) => {}
+            (_, Ok(ReserveOutcome::Reserved { attempt: 1, .. })) if key != "poisoned" => {}
+            (key, other) => panic!("{key}: unexpected {other:?}"),
+        }
+    }
+    let entries = entries_of(&*store, &a).await;
+    assert_eq!(
+        entries.len(),
+        1 + 1 + 39,
+        "the grant, the hand-made entry, 39 reservations"
+    );
+    assert_eq!(assert_ledger_adds_up(&*store, &a).await, 61);
+    // Nothing of the refused write is held: settling it finds nothing.
+    assert_eq!(
+        store
+            .settle(&settlement(&a, "poisoned", 1, 1))
+            .await
+            .expect("settle"),
+        SettleOutcome::NoReservation
+    );
+}
+
+/// Callers that go away while their reservation is written (a client
+/// cancelling its call) never forward their call: whatever was reserved
+/// for them is refunded. The balance is locked from outside while the
+/// calls queue, so that every caller is gone before its write commits.
+async fn a_reservation_whose_caller_went_away_is_refunded(db: TestDb) {
+    let store = db.open_wide().await;
+    let a = new_customer(&store, "a").await;
+    grant(&*store, &a, 1_000, "g").await;
+
+    let lock = db.hold_balance_lock(a.as_str()).await;
+    let tasks: Vec<_> = (0..200)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            let r = reservation(&a, &format!("call-{n}"), 2);
+            tokio::spawn(async move { store.reserve(&r).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for task in &tasks {
+        task.abort();
+    }
+    for task in tasks {
+        let cancelled = task.await.expect_err("no caller got an answer");
+        assert!(cancelled.is_cancelled());
+    }
+    lock.release().await;
+
+    // Writes are applied in the order they are queued, and the writer's
+    // own refunds go ahead of the queue: once a reservation queued after
+    // every cancelled one, then its refund, are answered, every refund due
+    // is written.
+    let last = reservation(&a, "last", 2);
+    assert!(matches!(
+        store.reserve(&last).await,
+        Ok(ReserveOutcome::Reserved { attempt: 1, .. })
+    ));
+    let last_refund = refund(&a, "last", 1, "test");
+    assert!(matches!(
+        store.settle(&last_refund).await,
+        Ok(SettleOutcome::Applied { returned: 2, .. })
+    ));
+    let expected = 1_000;
+    assert_eq!(assert_ledger_adds_up(&*store, &a).await, expected);
+    let entries = entries_of(&*store, &a).await;
+    let reserved = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Reservation)
+        .count();
+    let refunds: Vec<_> = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Refund)
+        .collect();
+    let (refunded, tested): (Vec<&&LedgerEntry>, Vec<_>) = refunds
+        .iter()
+        .partition(|e| e.reason.as_deref() == Some("not_served"));
+    assert_eq!(tested.len(), 1, "{tested:?}");
+    assert_eq!((reserved, refunded.len()), (201, 200));
 }
 
 async fn flat_accruals_number_calls_and_charge_once(db: TestDb) {

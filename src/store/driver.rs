@@ -57,6 +57,12 @@ pub(super) trait Driver:
     /// calls added.
     const ADD_TO_OUTCOMES_DAILY: &'static str;
 
+    /// Completes `INSERT INTO call_charges (customer_id, charge_key,
+    /// attempt, state, amount, call_id, plan_id, tool, created_at,
+    /// updated_at) VALUES …` so that an existing row takes the new values
+    /// of every column but `created_at`.
+    const REPLACE_CALL_CHARGE: &'static str;
+
     /// Completes `INSERT INTO usage_records (…) VALUES …` so that a call id
     /// already stored is skipped and the ids actually inserted come back
     /// (`ON CONFLICT DO NOTHING RETURNING`), where the dialect can. `None`:
@@ -121,6 +127,12 @@ pub(super) const ON_CONFLICT_ADD_TO_CHARGES_DAILY: &str = " ON CONFLICT (day, cu
 /// [`Driver::ADD_TO_OUTCOMES_DAILY`] in the `ON CONFLICT` dialect.
 pub(super) const ON_CONFLICT_ADD_TO_OUTCOMES_DAILY: &str = " ON CONFLICT (day, customer_id, tool, outcome, reason) DO UPDATE SET \
      calls = outcomes_daily.calls + excluded.calls";
+
+/// [`Driver::REPLACE_CALL_CHARGE`] in the `ON CONFLICT` dialect.
+pub(super) const ON_CONFLICT_REPLACE_CALL_CHARGE: &str = " ON CONFLICT (customer_id, charge_key) DO UPDATE SET \
+     attempt = excluded.attempt, state = excluded.state, amount = excluded.amount, \
+     call_id = excluded.call_id, plan_id = excluded.plan_id, tool = excluded.tool, \
+     updated_at = excluded.updated_at";
 
 /// A connect-time refusal with a known fix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

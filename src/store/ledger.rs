@@ -39,6 +39,7 @@ mod metered;
 mod quota;
 mod quota_use;
 mod recovery;
+mod reservations;
 
 use std::future::Future;
 use std::time::Duration;
@@ -54,12 +55,13 @@ use super::rollup::{TEXT_MAX_CHARS, fit, utc_day};
 use super::rows::{self, LEDGER_COLUMNS};
 use super::statement::Statement;
 
-pub(super) use credits::{change_balance, reserve, settle};
+pub(super) use credits::change_balance;
 pub(super) use grants::periodic_grant;
 pub(super) use metered::meter_usage;
 pub(super) use quota::{accrue, step_counter};
 pub(super) use quota_use::{release_quota, take_quota};
 pub(super) use recovery::{held_reservations, record_recovered_call, unrecorded_charges};
+pub(super) use reservations::{CallOutcome, CallWrite, apply as apply_call_writes, max_batch};
 
 /// How many times in all a write is tried while it keeps losing races.
 const ATTEMPTS: u32 = 8;
@@ -99,16 +101,32 @@ where
 {
     let mut attempt = 1;
     loop {
-        match once().await {
-            Err(Fault::Sql(error)) if attempt < ATTEMPTS && is_lost_race::<DB>(&error) => {
-                tracing::debug!(%error, attempt, "{what} lost a race; running it again");
-                let pause = rand::random_range(0..=(1u64 << attempt.min(6)));
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-                attempt += 1;
-            }
-            outcome => return outcome,
+        let outcome = once().await;
+        if !run_again::<DB, T>(what, &outcome, &mut attempt).await {
+            return outcome;
         }
     }
+}
+
+/// Whether a transaction that ended with `outcome` on its `attempt`-th
+/// try lost a race and is worth running again (fewer than [`ATTEMPTS`]
+/// tries so far); if so, counts the try and waits a short random pause.
+pub(super) async fn run_again<DB: Driver, T>(
+    what: &str,
+    outcome: &Result<T, Fault>,
+    attempt: &mut u32,
+) -> bool {
+    let Err(Fault::Sql(error)) = outcome else {
+        return false;
+    };
+    if *attempt >= ATTEMPTS || !is_lost_race::<DB>(error) {
+        return false;
+    }
+    tracing::debug!(%error, attempt = *attempt, "{what} lost a race; running it again");
+    let pause = rand::random_range(0..=(1u64 << (*attempt).min(6)));
+    tokio::time::sleep(Duration::from_millis(pause)).await;
+    *attempt += 1;
+    true
 }
 
 /// A request the store refuses, in the contract's terms.
@@ -211,11 +229,27 @@ struct NewEntry<'a> {
 /// and after every lock the caller takes, so two writers never wait for
 /// each other in opposite orders.
 async fn append<DB: Driver>(conn: &mut DB::Connection, entry: &NewEntry<'_>) -> Result<(), Fault> {
+    append_all::<DB>(conn, std::slice::from_ref(entry)).await?;
+    if entry.kind == EntryKind::Charge {
+        add_to_charges_daily::<DB>(conn, entry).await?;
+    }
+    Ok(())
+}
+
+/// Appends `entries` in one statement (none: nothing). Unlike [`append`],
+/// it adds nothing to `charges_daily`: its callers append no charges.
+async fn append_all<DB: Driver>(
+    conn: &mut DB::Connection,
+    entries: &[NewEntry<'_>],
+) -> Result<(), Fault> {
+    let Some(first) = entries.first() else {
+        return Ok(());
+    };
     let mut statement = Statement::<DB>::new(
         "INSERT INTO ledger_entries (customer_id, kind, amount, unit, balance_after, call_id, \
          plan_id, tool, idempotency_key, reason, created_at) VALUES ",
     );
-    statement.tuples([entry], |t, e| {
+    statement.tuples(entries, |t, e| {
         t.bind(e.customer_id.as_str())
             .bind(e.kind.as_str())
             .bind(e.amount)
@@ -231,11 +265,7 @@ async fn append<DB: Driver>(conn: &mut DB::Connection, entry: &NewEntry<'_>) -> 
     statement
         .execute(conn)
         .await
-        .map_err(|error| unless_no_customer(error, entry.customer_id))?;
-    if entry.kind == EntryKind::Charge {
-        add_to_charges_daily::<DB>(conn, entry).await?;
-    }
-    Ok(())
+        .map_err(|error| unless_no_customer(error, first.customer_id))
 }
 
 /// Adds a charge entry to its row of `charges_daily` (created at 0 when

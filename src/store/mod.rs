@@ -28,6 +28,7 @@ mod copy;
 mod customers;
 mod driver;
 mod error;
+mod group_commit;
 mod ids;
 mod invoices;
 mod keys;

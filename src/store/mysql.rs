@@ -26,6 +26,10 @@ impl Driver for MySql {
     const ADD_TO_CHARGES_DAILY: &'static str = " ON DUPLICATE KEY UPDATE \
          amount = amount + VALUES(amount), \
          entries = entries + VALUES(entries)";
+    const REPLACE_CALL_CHARGE: &'static str = " ON DUPLICATE KEY UPDATE \
+         attempt = VALUES(attempt), state = VALUES(state), amount = VALUES(amount), \
+         call_id = VALUES(call_id), plan_id = VALUES(plan_id), tool = VALUES(tool), \
+         updated_at = VALUES(updated_at)";
     const ADD_TO_OUTCOMES_DAILY: &'static str =
         " ON DUPLICATE KEY UPDATE calls = calls + VALUES(calls)";
     // Prepared statements count parameters in 16 bits.

@@ -9,7 +9,7 @@ use sqlx::postgres::PgConnectOptions;
 use super::Backend;
 use super::driver::{
     ConnectFailure, Driver, ON_CONFLICT_ADD_TO_CHARGES_DAILY, ON_CONFLICT_ADD_TO_DAILY,
-    ON_CONFLICT_ADD_TO_OUTCOMES_DAILY,
+    ON_CONFLICT_ADD_TO_OUTCOMES_DAILY, ON_CONFLICT_REPLACE_CALL_CHARGE,
 };
 
 impl Driver for Postgres {
@@ -21,6 +21,7 @@ impl Driver for Postgres {
         Some(" ON CONFLICT (call_id) DO NOTHING RETURNING call_id");
     const ADD_TO_DAILY: &'static str = ON_CONFLICT_ADD_TO_DAILY;
     const ADD_TO_CHARGES_DAILY: &'static str = ON_CONFLICT_ADD_TO_CHARGES_DAILY;
+    const REPLACE_CALL_CHARGE: &'static str = ON_CONFLICT_REPLACE_CALL_CHARGE;
     const ADD_TO_OUTCOMES_DAILY: &'static str = ON_CONFLICT_ADD_TO_OUTCOMES_DAILY;
     // The wire protocol counts parameters in 16 bits.
     const MAX_PARAMS: usize = 65_535;

@@ -18,11 +18,15 @@ use mcp_meter_plugin::ports::{
     CustomerDirectory, KeyGrant, NewCustomer, StoreError, UsageRecord, UsageSink,
 };
 use mcp_meter_plugin::subscription::{Subscription, SubscriptionChange, Subscriptions};
+use std::sync::Arc;
+
 use sqlx::Pool;
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::driver::Driver;
 use super::error::Fault;
+use super::group_commit::GroupCommit;
+use super::ledger::{CallOutcome, CallWrite};
 use super::statement::Statement;
 use super::{
     Analytics, CustomerSpend, GroupAmount, LedgerGroup, OutcomeCount, Span, UsageTotals, analytics,
@@ -40,15 +44,20 @@ use super::{
 pub(super) struct SqlStore<DB: Driver> {
     pool: Pool<DB>,
     /// On a one-writer database, this process's writers take turns here.
-    writers: Mutex<()>,
+    writers: Arc<Mutex<()>>,
+    /// Calls' reservations and settlements, written in batches.
+    calls: GroupCommit,
 }
 
 impl<DB: Driver> SqlStore<DB> {
-    /// A store over `pool` (already migrated).
+    /// A store over `pool` (already migrated), with its ledger writer
+    /// started on the current runtime.
     pub(super) fn new(pool: Pool<DB>) -> Self {
+        let writers = Arc::new(Mutex::new(()));
         Self {
+            calls: GroupCommit::start(pool.clone(), writers.clone()),
             pool,
-            writers: Mutex::new(()),
+            writers,
         }
     }
 
@@ -62,6 +71,11 @@ impl<DB: Driver> SqlStore<DB> {
             None
         }
     }
+}
+
+/// The ledger writer answered a write with another kind's outcome (a bug).
+fn mismatched() -> StoreError {
+    StoreError::Other("the ledger writer answered with the wrong kind of outcome".into())
 }
 
 /// A result with its fault in the contract's terms.
@@ -108,13 +122,27 @@ impl<DB: Driver> UsageSink for SqlStore<DB> {
 #[async_trait]
 impl<DB: Driver> Ledger for SqlStore<DB> {
     async fn reserve(&self, reservation: &Reservation) -> Result<ReserveOutcome, StoreError> {
-        let _turn = self.write_turn().await;
-        done::<DB, _>(ledger::reserve(&self.pool, reservation).await)
+        match self
+            .calls
+            .write(CallWrite::Reserve(reservation.clone()))
+            .await
+        {
+            Ok(CallOutcome::Reserve(outcome)) => Ok(outcome),
+            Ok(CallOutcome::Settle(_)) => Err(mismatched()),
+            Err(fault) => Err(fault.into_store::<DB>()),
+        }
     }
 
     async fn settle(&self, settlement: &Settlement) -> Result<SettleOutcome, StoreError> {
-        let _turn = self.write_turn().await;
-        done::<DB, _>(ledger::settle(&self.pool, settlement).await)
+        match self
+            .calls
+            .write(CallWrite::Settle(settlement.clone()))
+            .await
+        {
+            Ok(CallOutcome::Settle(outcome)) => Ok(outcome),
+            Ok(CallOutcome::Reserve(_)) => Err(mismatched()),
+            Err(fault) => Err(fault.into_store::<DB>()),
+        }
     }
 
     async fn change_balance(&self, change: &BalanceChange) -> Result<ChangeOutcome, StoreError> {

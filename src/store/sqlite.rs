@@ -16,7 +16,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use super::Backend;
 use super::driver::{
     ConnectFailure, Driver, ON_CONFLICT_ADD_TO_CHARGES_DAILY, ON_CONFLICT_ADD_TO_DAILY,
-    ON_CONFLICT_ADD_TO_OUTCOMES_DAILY,
+    ON_CONFLICT_ADD_TO_OUTCOMES_DAILY, ON_CONFLICT_REPLACE_CALL_CHARGE,
 };
 
 /// How long a writer waits for the lock before SQLite answers "busy".
@@ -30,6 +30,7 @@ impl Driver for Sqlite {
     const SKIP_STORED_RETURNING_NEW: Option<&'static str> = None;
     const ADD_TO_DAILY: &'static str = ON_CONFLICT_ADD_TO_DAILY;
     const ADD_TO_CHARGES_DAILY: &'static str = ON_CONFLICT_ADD_TO_CHARGES_DAILY;
+    const REPLACE_CALL_CHARGE: &'static str = ON_CONFLICT_REPLACE_CALL_CHARGE;
     const ADD_TO_OUTCOMES_DAILY: &'static str = ON_CONFLICT_ADD_TO_OUTCOMES_DAILY;
     // SQLITE_MAX_VARIABLE_NUMBER of the bundled SQLite (3.32 and later).
     const MAX_PARAMS: usize = 32_766;

@@ -176,6 +176,59 @@ impl TestDb {
     }
 }
 
+/// A lock held on a test database until [`HeldLock::release`].
+pub struct HeldLock {
+    release: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl HeldLock {
+    /// Ends the transaction holding the lock and waits until it ended.
+    pub async fn release(self) {
+        let _ = self.release.send(());
+        self.done.await.expect("lock holder");
+    }
+}
+
+impl TestDb {
+    /// Takes the write lock of a customer's balance row from a connection
+    /// of its own (on SQLite, the database's one write lock), so that
+    /// writers of that balance wait until it is released.
+    pub async fn hold_balance_lock(&self, customer: &str) -> HeldLock {
+        let (kind, url) = (self.kind, self.url.clone());
+        let lock =
+            format!("SELECT balance FROM balances WHERE customer_id = '{customer}' FOR UPDATE");
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (taken, is_taken) = tokio::sync::oneshot::channel::<()>();
+        let done = tokio::spawn(async move {
+            macro_rules! hold {
+                ($conn:ty, $begin:expr, $lock:expr) => {{
+                    let mut conn = <$conn>::connect(&url).await.expect("connect");
+                    for sql in [$begin, $lock] {
+                        sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+                            .execute(&mut conn)
+                            .await
+                            .expect("take the lock");
+                    }
+                    let _ = taken.send(());
+                    let _ = released.await;
+                    sqlx::raw_sql("COMMIT")
+                        .execute(&mut conn)
+                        .await
+                        .expect("commit");
+                }};
+            }
+            match kind {
+                Kind::Sqlite => hold!(sqlx::SqliteConnection, "BEGIN IMMEDIATE", "SELECT 1"),
+                Kind::Postgres => hold!(sqlx::PgConnection, "BEGIN", lock.as_str()),
+                Kind::MySql => hold!(sqlx::MySqlConnection, "BEGIN", lock.as_str()),
+            }
+        });
+        is_taken.await.expect("the lock is taken");
+        HeldLock { release, done }
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let Some((admin, name)) = self.server.take() else {

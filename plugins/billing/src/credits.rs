@@ -68,13 +68,13 @@ where
         tool: call.request.tool_name().map(str::to_owned),
         at: billing.clock.now(),
     };
-    let lane = billing.lanes.enter(&customer_id).await;
     if let Some(grant) = grant {
+        let _lane = billing.lanes.enter(&customer_id).await;
         grants::apply_due(billing, &customer_id, &plan_id, grant).await;
     }
-    let reserved = billing.ledger.reserve(&reservation).await;
-    drop(lane);
-    let reserved = match reserved {
+    // No lane: the store batches reservations and settlements itself, many
+    // calls of one customer in one transaction.
+    let reserved = match billing.ledger.reserve(&reservation).await {
         Ok(outcome) => outcome,
         Err(error) => {
             tracing::error!(%error, customer = %customer_id, "cannot reserve credits; refusing the call");
@@ -126,10 +126,7 @@ where
         pending.set_actual(metering.cost(price, used));
         units = Some(used);
     }
-    let settled = {
-        let _lane = billing.lanes.enter(&customer_id).await;
-        pending.finish(failure_of(&result)).await
-    };
+    let settled = pending.finish(failure_of(&result)).await;
     let response = result?;
     let (charged, balance) = match settled {
         Some(SettleOutcome::Applied {

@@ -1,0 +1,265 @@
+//! The group commit of the hot path: one writer task per store takes every
+//! reservation and settlement of calls' credits, and writes all those that
+//! arrived while its previous transaction ran in one transaction of their
+//! own (`ledger::apply_call_writes`). Under load, one commit — and, on
+//! SQLite, one turn of the single writer — serves many calls instead of
+//! one each; alone, a call waits for no one (there is no timer: a batch
+//! starts as soon as the writer is free).
+//!
+//! A caller is answered only after its batch committed, so a reservation
+//! is durable before its call is forwarded. When a batch fails as a whole
+//! — not a lost race, which runs it again — each of its writes runs alone,
+//! so that one write the database refuses fails alone. A reservation whose
+//! caller went away before it was answered (the client cancelled) was
+//! never forwarded: the writer refunds it in its next batch.
+//!
+//! The writer keeps one pooled connection between batches, and gives it
+//! back to the pool after a batch fails (it may be the connection that
+//! broke).
+
+use std::collections::VecDeque;
+
+use mcp_meter_plugin::ledger::{Reservation, ReserveOutcome, Settlement};
+use sqlx::Pool;
+use sqlx::pool::PoolConnection;
+use std::sync::Arc;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::driver::Driver;
+use super::error::{Fault, is_lost_race};
+use super::ledger::{CallOutcome, CallWrite, apply_call_writes, max_batch, run_again};
+
+/// How many writes may wait for the writer before callers wait to queue.
+const QUEUE: usize = 4096;
+/// Why a reservation whose caller went away is refunded (the billing
+/// layer's name for a call that was not served).
+const NOT_SERVED: &str = "not_served";
+
+/// A write waiting for the writer, with where its outcome goes (none for
+/// the writer's own refunds).
+struct Job {
+    write: CallWrite,
+    reply: Option<oneshot::Sender<Result<CallOutcome, Fault>>>,
+}
+
+/// The handle callers write through; the writer task ends when it is
+/// dropped.
+pub(super) struct GroupCommit {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl GroupCommit {
+    /// Starts the writer over `pool`. On a one-writer database
+    /// ([`Driver::ONE_WRITER`]) each batch takes this process's write turn,
+    /// `turn`, like every other write of the store.
+    pub(super) fn start<DB: Driver>(pool: Pool<DB>, turn: Arc<Mutex<()>>) -> Self {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let writer = Writer {
+            pool,
+            turn,
+            conn: None,
+            own: VecDeque::new(),
+        };
+        tokio::spawn(writer.run(queue));
+        Self { jobs }
+    }
+
+    /// Applies `write` in the next batch and returns its outcome once that
+    /// batch committed. Dropped before that (the caller went away), a
+    /// reservation that was made is refunded.
+    pub(super) async fn write(&self, write: CallWrite) -> Result<CallOutcome, Fault> {
+        write.check()?;
+        let (reply, outcome) = oneshot::channel();
+        let mut waiting = Waiting {
+            outcome,
+            reservation: match &write {
+                CallWrite::Reserve(reservation) => Some(reservation.clone()),
+                CallWrite::Settle(_) => None,
+            },
+            jobs: self.jobs.clone(),
+        };
+        let job = Job {
+            write,
+            reply: Some(reply),
+        };
+        if self.jobs.send(job).await.is_err() {
+            return Err(stopped());
+        }
+        let outcome = (&mut waiting.outcome).await;
+        waiting.reservation = None;
+        outcome.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+/// A caller waiting for its write's outcome. Dropped while it waits, it
+/// closes the way back; an outcome that already arrived and was a
+/// reservation is refunded (the writer refunds one that arrives after).
+struct Waiting {
+    outcome: oneshot::Receiver<Result<CallOutcome, Fault>>,
+    /// The reservation waited for; `None` once its outcome was taken.
+    reservation: Option<Reservation>,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let Some(reservation) = self.reservation.take() else {
+            return;
+        };
+        self.outcome.close();
+        if let Ok(Ok(CallOutcome::Reserve(ReserveOutcome::Reserved { attempt, .. }))) =
+            self.outcome.try_recv()
+        {
+            let refund = refund_of(reservation, attempt);
+            if let Err(error) = self.jobs.try_send(refund) {
+                let jobs = self.jobs.clone();
+                let refund = match error {
+                    mpsc::error::TrySendError::Full(job)
+                    | mpsc::error::TrySendError::Closed(job) => job,
+                };
+                tokio::spawn(async move {
+                    if jobs.send(refund).await.is_err() {
+                        tracing::warn!(
+                            "could not refund a reservation whose caller went away; the sweep will"
+                        );
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// The writer's own refund of a reservation whose caller went away before
+/// it learned of it: the call was never forwarded.
+fn refund_of(reservation: Reservation, attempt: i64) -> Job {
+    tracing::debug!(charge_key = %reservation.charge_key, "a reservation's caller went away before the call was forwarded; refunding it");
+    Job {
+        write: CallWrite::Settle(Settlement {
+            customer_id: reservation.customer_id,
+            charge_key: reservation.charge_key,
+            attempt,
+            actual: 0,
+            refund_reason: Some(NOT_SERVED.to_owned()),
+            at: reservation.at,
+        }),
+        reply: None,
+    }
+}
+
+/// The writer is gone (the runtime is shutting down).
+fn stopped() -> Fault {
+    Fault::Store(mcp_meter_plugin::ports::StoreError::Unavailable(
+        "the ledger writer has stopped".into(),
+    ))
+}
+
+/// The writer task's state.
+struct Writer<DB: Driver> {
+    pool: Pool<DB>,
+    turn: Arc<Mutex<()>>,
+    /// The connection kept between batches.
+    conn: Option<PoolConnection<DB>>,
+    /// The writer's own writes (refunds), ahead of the queue.
+    own: VecDeque<Job>,
+}
+
+impl<DB: Driver> Writer<DB> {
+    async fn run(mut self, mut queue: mpsc::Receiver<Job>) {
+        let most = max_batch::<DB>();
+        loop {
+            let mut jobs: Vec<Job> = self.own.drain(..).collect();
+            if jobs.is_empty() {
+                match queue.recv().await {
+                    Some(job) => jobs.push(job),
+                    None => return,
+                }
+            }
+            while jobs.len() < most {
+                match queue.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            let writes: Vec<CallWrite> = jobs.iter().map(|job| job.write.clone()).collect();
+            let outcomes = self.batch(&writes).await;
+            for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                self.answer(job, outcome);
+            }
+        }
+    }
+
+    /// Sends a job its outcome; a reservation nobody is waiting for any
+    /// more is refunded.
+    fn answer(&mut self, job: Job, outcome: Result<CallOutcome, Fault>) {
+        let Some(reply) = job.reply else {
+            if let Err(fault) = outcome {
+                tracing::warn!(error = ?fault, write = ?job.write, "could not refund a reservation whose caller went away; the sweep will");
+            }
+            return;
+        };
+        let Err(Ok(CallOutcome::Reserve(ReserveOutcome::Reserved { attempt, .. }))) =
+            reply.send(outcome)
+        else {
+            return;
+        };
+        if let CallWrite::Reserve(reservation) = job.write {
+            self.own.push_back(refund_of(reservation, attempt));
+        }
+    }
+
+    /// The outcome of every write: one transaction for all of them, or,
+    /// when that fails, one for each.
+    async fn batch(&mut self, writes: &[CallWrite]) -> Vec<Result<CallOutcome, Fault>> {
+        match self.transaction(writes).await {
+            Ok(outcomes) => outcomes,
+            Err(fault) if writes.len() == 1 => vec![Err(fault)],
+            Err(fault) => {
+                tracing::warn!(error = ?fault, writes = writes.len(), "a batch of ledger writes failed; writing them one by one");
+                let mut outcomes = Vec::with_capacity(writes.len());
+                for write in writes {
+                    let one = self.transaction(std::slice::from_ref(write)).await;
+                    outcomes.push(
+                        one.and_then(|mut outcome| outcome.pop().unwrap_or_else(|| Err(stopped()))),
+                    );
+                }
+                outcomes
+            }
+        }
+    }
+
+    /// Runs `writes` in one transaction, again while it loses races.
+    async fn transaction(
+        &mut self,
+        writes: &[CallWrite],
+    ) -> Result<Vec<Result<CallOutcome, Fault>>, Fault> {
+        let mut attempt = 1;
+        loop {
+            let outcome = self.once(writes).await;
+            if !run_again::<DB, _>("a batch of ledger writes", &outcome, &mut attempt).await {
+                return outcome;
+            }
+        }
+    }
+
+    async fn once(
+        &mut self,
+        writes: &[CallWrite],
+    ) -> Result<Vec<Result<CallOutcome, Fault>>, Fault> {
+        let _turn = if DB::ONE_WRITER {
+            Some(self.turn.lock().await)
+        } else {
+            None
+        };
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => self.pool.acquire().await?,
+        };
+        let outcome = apply_call_writes::<DB>(&mut conn, writes).await;
+        match &outcome {
+            Err(Fault::Sql(error)) if !is_lost_race::<DB>(error) => conn.close_on_drop(),
+            Err(Fault::Store(_)) => conn.close_on_drop(),
+            _ => self.conn = Some(conn),
+        }
+        outcome
+    }
+}
