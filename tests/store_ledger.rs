@@ -185,6 +185,7 @@ each_backend!(
     concurrent_writes_of_many_customers_settle_and_refund_exactly,
     one_refused_write_fails_alone,
     a_reservation_whose_caller_went_away_is_refunded,
+    a_pool_of_one_connection_serves_the_ledger_writer_and_the_rest,
     flat_accruals_number_calls_and_charge_once,
     volume_tiers_add_up_to_the_tier_reached,
     graduated_tiers_charge_each_call_at_its_own_tier,
@@ -1064,6 +1065,39 @@ async fn a_reservation_whose_caller_went_away_is_refunded(db: TestDb) {
         .partition(|e| e.reason.as_deref() == Some("not_served"));
     assert_eq!(tested.len(), 1, "{tested:?}");
     assert_eq!((reserved, refunded.len()), (201, 200));
+}
+
+/// With `max_connections = 1`, the ledger writer gives the one connection
+/// back after each batch: reads and other writes between calls' credits
+/// writes still get it within the acquire timeout.
+async fn a_pool_of_one_connection_serves_the_ledger_writer_and_the_rest(db: TestDb) {
+    let options = store::StoreOptions {
+        max_connections: 1,
+        acquire_timeout: std::time::Duration::from_secs(2),
+        ..db.options()
+    };
+    let store = store::open(&options).await.expect("open");
+    let a = new_customer(&store, "a").await;
+    grant(&*store, &a, 10, "g").await;
+    for n in 1..=5 {
+        let key = format!("call-{n}");
+        let reserved = store.reserve(&reservation(&a, &key, 2)).await;
+        assert!(
+            matches!(reserved, Ok(ReserveOutcome::Reserved { .. })),
+            "{reserved:?}"
+        );
+        assert_eq!(
+            store.balance(&a).await.expect("balance"),
+            10 - 2 * n + (n - 1)
+        );
+        let settled = store.settle(&settlement(&a, &key, 1, 1)).await;
+        assert!(
+            matches!(settled, Ok(SettleOutcome::Applied { returned: 1, .. })),
+            "{settled:?}"
+        );
+        assert_eq!(entries_of(&*store, &a).await.len(), 1 + 2 * n as usize);
+    }
+    assert_eq!(assert_ledger_adds_up(&*store, &a).await, 5);
 }
 
 async fn flat_accruals_number_calls_and_charge_once(db: TestDb) {

@@ -13,9 +13,10 @@
 //! caller went away before it was answered (the client cancelled) was
 //! never forwarded: the writer refunds it in its next batch.
 //!
-//! The writer keeps one pooled connection between batches, and gives it
-//! back to the pool after a batch fails (it may be the connection that
-//! broke).
+//! The writer keeps one pooled connection between batches (unless the pool
+//! has only one), and gives it back to the pool after a batch fails: it may
+//! be the connection that broke, and the batch gets one more try on a
+//! fresh one.
 
 use std::collections::VecDeque;
 
@@ -234,7 +235,14 @@ impl<DB: Driver> Writer<DB> {
     ) -> Result<Vec<Result<CallOutcome, Fault>>, Fault> {
         let mut attempt = 1;
         loop {
+            let kept = self.conn.is_some();
             let outcome = self.once(writes).await;
+            // The kept connection may have died while idle (the database
+            // restarted): the writes get one more try on a fresh one.
+            if kept && outcome.is_err() && self.conn.is_none() {
+                tracing::debug!("the ledger writer's connection failed; trying a fresh one");
+                continue;
+            }
             if !run_again::<DB, _>("a batch of ledger writes", &outcome, &mut attempt).await {
                 return outcome;
             }
@@ -258,7 +266,9 @@ impl<DB: Driver> Writer<DB> {
         match &outcome {
             Err(Fault::Sql(error)) if !is_lost_race::<DB>(error) => conn.close_on_drop(),
             Err(Fault::Store(_)) => conn.close_on_drop(),
-            _ => self.conn = Some(conn),
+            // A pool of one connection is not kept from its other users.
+            _ if self.pool.options().get_max_connections() > 1 => self.conn = Some(conn),
+            _ => {}
         }
         outcome
     }
