@@ -118,13 +118,19 @@ impl Drop for Waiting {
                     mpsc::error::TrySendError::Full(job)
                     | mpsc::error::TrySendError::Closed(job) => job,
                 };
-                tokio::spawn(async move {
-                    if jobs.send(refund).await.is_err() {
-                        tracing::warn!(
-                            "could not refund a reservation whose caller went away; the sweep will"
-                        );
-                    }
-                });
+                let sent = async move { jobs.send(refund).await.is_ok() };
+                // No runtime (it is gone) or no writer: the sweep of held
+                // reservations refunds it later.
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => drop(runtime.spawn(async move {
+                        if !sent.await {
+                            tracing::warn!("could not refund a reservation whose caller went away; the sweep will");
+                        }
+                    })),
+                    Err(_) => tracing::warn!(
+                        "could not refund a reservation whose caller went away; the sweep will"
+                    ),
+                }
             }
         }
     }
