@@ -15,9 +15,9 @@ use common::db::{Kind, TestDb};
 use mcp_meter::store::{self, Store};
 use mcp_meter_plugin::identity::{CallId, CustomerId, UnixMillis};
 use mcp_meter_plugin::ledger::{
-    BalanceChange, ChangeOutcome, ChargeKey, EntryKind, GrantMode, GrantOutcome, Ledger,
-    LedgerEntry, LedgerFilter, MeterOutcome, MeteredUsage, PeriodicGrant, QuotaOutcome,
-    QuotaRelease, QuotaTake, ReleaseOutcome,
+    Accrual, AccrueOutcome, BalanceChange, ChangeOutcome, ChargeKey, EntryKind, GrantMode,
+    GrantOutcome, Ledger, LedgerEntry, LedgerFilter, MeterOutcome, MeteredUsage, PeriodicGrant,
+    PriceSchedule, QuotaOutcome, QuotaRelease, QuotaTake, ReleaseOutcome, Reservation,
 };
 use mcp_meter_plugin::outbox::{MeterEvent, MeterOutbox, OutboxFilter, OutboxStatus};
 use mcp_meter_plugin::ports::{NewCustomer, StoreError};
@@ -231,6 +231,7 @@ each_backend!(
     subscription_changes_are_checked,
     derived_idempotency_keys_are_refused_to_operators,
     only_a_failed_webhook_event_is_requeued,
+    every_hot_path_write_at_once_stays_exact,
 );
 
 async fn billing_migration_is_applied(db: TestDb) {
@@ -2246,4 +2247,150 @@ async fn only_a_failed_webhook_event_is_requeued(db: TestDb) {
         .expect("read")
         .expect("stored");
     assert_eq!(done.status, WebhookStatus::Processed);
+}
+
+/// What one call of a hot path's write came to, for counting.
+fn label<T: std::fmt::Debug>(outcome: &T) -> String {
+    let text = format!("{outcome:?}");
+    text.split([' ', '(', '{'])
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Every kind of hot-path write — reservations, charges, quota takes and
+/// releases, metered usage, with replays — of three customers at once:
+/// the store batches them together, and every customer's books come out
+/// as if each write had run alone.
+async fn every_hot_path_write_at_once_stays_exact(db: TestDb) {
+    let store = db.open_wide().await;
+    let mut customers = Vec::new();
+    for n in 0..3 {
+        let customer = new_customer(&store, &format!("c{n}")).await;
+        let grant = BalanceChange {
+            customer_id: customer.clone(),
+            kind: EntryKind::Grant,
+            amount: 100,
+            idempotency_key: "g".into(),
+            reason: None,
+            at: UnixMillis(DAY0),
+        };
+        store.change_balance(&grant).await.expect("grant");
+        customers.push(customer);
+    }
+    let mut writes = Vec::new();
+    for c in &customers {
+        for n in 0..30 {
+            let (store, c) = (Arc::clone(&store), c.clone());
+            writes.push(tokio::spawn(async move {
+                let reservation = Reservation {
+                    customer_id: c.clone(),
+                    charge_key: ChargeKey::new(format!("r{n}")),
+                    call_id: CallId::new(format!("call_r{n}")),
+                    amount: 1,
+                    plan_id: "prepaid".into(),
+                    tool: None,
+                    at: UnixMillis(DAY0 + 1_000),
+                };
+                let accrual = Accrual {
+                    customer_id: c.clone(),
+                    charge_key: ChargeKey::new(format!("a{}", n % 25)),
+                    call_id: CallId::new(format!("call_a{n}")),
+                    plan_id: "per-call".into(),
+                    tool: None,
+                    currency: "usd".into(),
+                    counter: "calls".into(),
+                    period_start: UnixMillis(DAY0),
+                    schedule: PriceSchedule::Flat { price: 10 },
+                    quantity: 1,
+                    at: UnixMillis(DAY0 + 1_000),
+                };
+                let quota = take(&c, &format!("q{n}"), 1, Some(20));
+                // Call ids are unique across customers (the meter event's
+                // identifier at the payment provider).
+                let metered = usage(&c, &format!("{c}-u{}", n % 25), n % 25, DAY0 + 1_000);
+                let (reserved, accrued, taken, metered) = tokio::join!(
+                    store.reserve(&reservation),
+                    store.accrue(&accrual),
+                    store.take_quota(&quota),
+                    store.meter_usage(&metered),
+                );
+                [
+                    label(&reserved.expect("reserve")),
+                    label(&accrued.expect("accrue")),
+                    label(&taken.expect("take")),
+                    label(&metered.expect("meter")),
+                ]
+            }));
+        }
+    }
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for write in writes {
+        for outcome in write.await.expect("task") {
+            *counts.entry(outcome).or_default() += 1;
+        }
+    }
+    // Per customer: 30 reservations; 25 charges and 5 replays of them; 20
+    // takes under the cap and 10 refused; 25 usages and 5 replays.
+    let expected = [
+        ("Reserved".to_owned(), 90),
+        ("Charged".to_owned(), 75),
+        (label(&AccrueOutcome::AlreadyCharged), 15),
+        ("Taken".to_owned(), 60),
+        (label(&QuotaOutcome::Exhausted { used: 0 }), 30),
+        (label(&MeterOutcome::Recorded), 75),
+        (label(&MeterOutcome::AlreadyRecorded), 15),
+    ];
+    assert_eq!(counts, BTreeMap::from(expected));
+
+    // Every take released at once, each twice.
+    let releases = customers.iter().flat_map(|c| {
+        (0..30).flat_map(move |n| [release(c, &format!("q{n}")), release(c, &format!("q{n}"))])
+    });
+    let released: Vec<_> = releases
+        .map(|r| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { label(&store.release_quota(&r).await.expect("release")) })
+        })
+        .collect();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for release in released {
+        *counts.entry(release.await.expect("task")).or_default() += 1;
+    }
+    assert_eq!(
+        counts,
+        BTreeMap::from([
+            ("AlreadyReleased".to_owned(), 60),
+            ("NotTaken".to_owned(), 60),
+            ("Released".to_owned(), 60),
+        ])
+    );
+    for c in &customers {
+        assert_eq!(assert_ledger_adds_up(&*store, c).await, 70);
+        assert_eq!(counter(&*store, c, DAY0).await, 0);
+        assert_eq!(
+            store
+                .counter(c, "calls", UnixMillis(DAY0))
+                .await
+                .expect("counter"),
+            25
+        );
+        let entries = entries_of(&*store, c).await;
+        let charged: i64 = entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Charge)
+            .map(|e| e.amount)
+            .sum();
+        assert_eq!(charged, 250);
+        let filter = OutboxFilter {
+            customer: Some(c.clone()),
+            ..all_events()
+        };
+        let events = events(&*store, filter).await;
+        assert_eq!(events.len(), 25);
+        assert_eq!(
+            events.iter().map(|e| e.value).sum::<i64>(),
+            (0..25).sum::<i64>()
+        );
+    }
 }

@@ -18,8 +18,8 @@ use mcp_meter::store::{self, Store};
 use mcp_meter_plugin::identity::{CallId, CustomerId, UnixMillis};
 use mcp_meter_plugin::ledger::{
     Accrual, AccrueOutcome, BalanceChange, ChangeOutcome, ChargeKey, CounterOutcome, CounterStep,
-    EntryKind, Ledger, LedgerEntry, LedgerFilter, PriceSchedule, Reservation, ReserveOutcome,
-    SettleOutcome, Settlement, Tier,
+    EntryKind, Ledger, LedgerEntry, LedgerFilter, PriceSchedule, QuotaTake, Reservation,
+    ReserveOutcome, SettleOutcome, Settlement, Tier,
 };
 use mcp_meter_plugin::ports::{NewCustomer, StoreError};
 
@@ -184,7 +184,7 @@ each_backend!(
     two_instances_share_one_balance_exactly,
     concurrent_writes_of_many_customers_settle_and_refund_exactly,
     one_refused_write_fails_alone,
-    a_reservation_whose_caller_went_away_is_refunded,
+    a_write_whose_caller_went_away_is_undone,
     a_pool_of_one_connection_serves_the_ledger_writer_and_the_rest,
     flat_accruals_number_calls_and_charge_once,
     volume_tiers_add_up_to_the_tier_reached,
@@ -1008,23 +1008,37 @@ async fn one_refused_write_fails_alone(db: TestDb) {
     );
 }
 
-/// Callers that go away while their reservation is written (a client
-/// cancelling its call) never forward their call: whatever was reserved
-/// for them is refunded. The balance is locked from outside while the
-/// calls queue, so that every caller is gone before its write commits.
-async fn a_reservation_whose_caller_went_away_is_refunded(db: TestDb) {
+/// Callers that go away while their reservation or quota take is written
+/// (a client cancelling its call) never forward their call: whatever was
+/// reserved for them is refunded, whatever was taken is released. The
+/// balance is locked from outside while the calls queue, behind a first
+/// reservation that waits for the lock, so that every caller is gone
+/// before its write commits.
+async fn a_write_whose_caller_went_away_is_undone(db: TestDb) {
     let store = db.open_wide().await;
     let a = new_customer(&store, "a").await;
     grant(&*store, &a, 1_000, "g").await;
 
     let lock = db.hold_balance_lock(a.as_str()).await;
-    let tasks: Vec<_> = (0..200)
+    let first = {
+        let (store, r) = (Arc::clone(&store), reservation(&a, "first", 2));
+        tokio::spawn(async move { store.reserve(&r).await.map(|_| ()) })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut tasks: Vec<_> = (0..200)
         .map(|n| {
             let store = Arc::clone(&store);
-            let r = reservation(&a, &format!("call-{n}"), 2);
-            tokio::spawn(async move { store.reserve(&r).await })
+            let key = format!("call-{n}");
+            if n % 2 == 0 {
+                let r = reservation(&a, &key, 2);
+                tokio::spawn(async move { store.reserve(&r).await.map(|_| ()) })
+            } else {
+                let t = free_take(&a, &key);
+                tokio::spawn(async move { store.take_quota(&t).await.map(|_| ()) })
+            }
         })
         .collect();
+    tasks.push(first);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     for task in &tasks {
         task.abort();
@@ -1036,9 +1050,9 @@ async fn a_reservation_whose_caller_went_away_is_refunded(db: TestDb) {
     lock.release().await;
 
     // Writes are applied in the order they are queued, and the writer's
-    // own refunds go ahead of the queue: once a reservation queued after
-    // every cancelled one, then its refund, are answered, every refund due
-    // is written.
+    // own undoing goes ahead of the queue: once a reservation queued after
+    // every cancelled write, then its refund, are answered, everything
+    // due is undone.
     let last = reservation(&a, "last", 2);
     assert!(matches!(
         store.reserve(&last).await,
@@ -1049,22 +1063,39 @@ async fn a_reservation_whose_caller_went_away_is_refunded(db: TestDb) {
         store.settle(&last_refund).await,
         Ok(SettleOutcome::Applied { returned: 2, .. })
     ));
-    let expected = 1_000;
-    assert_eq!(assert_ledger_adds_up(&*store, &a).await, expected);
+    assert_eq!(assert_ledger_adds_up(&*store, &a).await, 1_000);
+    let counter = store.counter(&a, "free", UnixMillis(DAY0)).await;
+    assert_eq!(counter.expect("counter"), 0);
     let entries = entries_of(&*store, &a).await;
-    let reserved = entries
-        .iter()
-        .filter(|e| e.kind == EntryKind::Reservation)
-        .count();
-    let refunds: Vec<_> = entries
-        .iter()
-        .filter(|e| e.kind == EntryKind::Refund)
-        .collect();
-    let (refunded, tested): (Vec<&&LedgerEntry>, Vec<_>) = refunds
-        .iter()
-        .partition(|e| e.reason.as_deref() == Some("not_served"));
-    assert_eq!(tested.len(), 1, "{tested:?}");
-    assert_eq!((reserved, refunded.len()), (201, 200));
+    let count = |kind: EntryKind, unit: &str, reason: Option<&str>| {
+        entries
+            .iter()
+            .filter(|e| e.kind == kind && e.unit == unit)
+            .filter(|e| reason.is_none() || e.reason.as_deref() == reason)
+            .count()
+    };
+    // 100 cancelled reservations, the first and the last.
+    assert_eq!(count(EntryKind::Reservation, "credits", None), 102);
+    assert_eq!(count(EntryKind::Refund, "credits", Some("not_served")), 101);
+    assert_eq!(count(EntryKind::Refund, "credits", Some("test")), 1);
+    assert_eq!(count(EntryKind::Usage, "calls", None), 100);
+    assert_eq!(count(EntryKind::Refund, "calls", Some("not_served")), 100);
+}
+
+/// A take of one free call from the `free` counter, uncapped.
+fn free_take(customer: &CustomerId, key: &str) -> QuotaTake {
+    QuotaTake {
+        customer_id: customer.clone(),
+        charge_key: ChargeKey::new(key),
+        call_id: CallId::new(format!("call_{key}")),
+        plan_id: "free".into(),
+        tool: None,
+        counter: "free".into(),
+        period_start: UnixMillis(DAY0),
+        units: 1,
+        cap: None,
+        at: UnixMillis(DAY0 + 1_000),
+    }
 }
 
 /// With `max_connections = 1`, the ledger writer gives the one connection

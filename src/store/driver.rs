@@ -36,6 +36,12 @@ pub(super) trait Driver:
     /// millisecond and more).
     const ONE_WRITER: bool;
 
+    /// Run before a batch of the hot path's ledger writes begins its
+    /// transaction, where the default isolation would keep one snapshot for
+    /// the whole batch (MySQL's REPEATABLE READ): sets READ COMMITTED, so
+    /// that each write's reads after its locks see the latest commits.
+    const BATCH_ISOLATION: Option<&'static str>;
+
     /// Appended to a `SELECT` of rows the write transaction is about to
     /// change: locks them until the transaction ends, so the value read is
     /// the value the transaction changes (` FOR UPDATE`). Empty on SQLite,

@@ -1,17 +1,19 @@
 //! The group commit of the hot path: one writer task per store takes every
-//! reservation and settlement of calls' credits, and writes all those that
-//! arrived while its previous transaction ran in one transaction of their
-//! own (`ledger::apply_call_writes`). Under load, one commit — and, on
+//! ledger write a call makes — credits reservations and settlements,
+//! charges, quota takes and releases, metered usage — and writes all those
+//! that arrived while its previous transaction ran in one transaction of
+//! their own (`ledger::apply_writes`). Under load, one commit — and, on
 //! SQLite, one turn of the single writer — serves many calls instead of
 //! one each; alone, a call waits for no one (there is no timer: a batch
 //! starts as soon as the writer is free).
 //!
 //! A caller is answered only after its batch committed, so a reservation
-//! is durable before its call is forwarded. When a batch fails as a whole
-//! — not a lost race, which runs it again — each of its writes runs alone,
-//! so that one write the database refuses fails alone. A reservation whose
-//! caller went away before it was answered (the client cancelled) was
-//! never forwarded: the writer refunds it in its next batch.
+//! or quota take is durable before its call is forwarded. When a batch
+//! fails as a whole — not a lost race, which runs it again — each of its
+//! writes runs alone, so that one write the database refuses fails alone.
+//! A reservation or quota take whose caller went away before it was
+//! answered (the client cancelled) was never used by a forwarded call:
+//! the writer refunds or releases it in its next batch.
 //!
 //! The writer keeps one pooled connection between batches (unless the pool
 //! has only one), and gives it back to the pool after a batch fails: it may
@@ -20,7 +22,7 @@
 
 use std::collections::VecDeque;
 
-use mcp_meter_plugin::ledger::{Reservation, ReserveOutcome, Settlement};
+use mcp_meter_plugin::ledger::{QuotaOutcome, QuotaRelease, ReserveOutcome, Settlement};
 use sqlx::Pool;
 use sqlx::pool::PoolConnection;
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::driver::Driver;
 use super::error::{Fault, is_lost_race};
-use super::ledger::{CallOutcome, CallWrite, apply_call_writes, max_batch, run_again};
+use super::ledger::{LedgerOutcome, LedgerWrite, apply_writes, max_batch, run_again};
 
 /// How many writes may wait for the writer before callers wait to queue.
 const QUEUE: usize = 4096;
@@ -39,8 +41,8 @@ const NOT_SERVED: &str = "not_served";
 /// A write waiting for the writer, with where its outcome goes (none for
 /// the writer's own refunds).
 struct Job {
-    write: CallWrite,
-    reply: Option<oneshot::Sender<Result<CallOutcome, Fault>>>,
+    write: LedgerWrite,
+    reply: Option<oneshot::Sender<Result<LedgerOutcome, Fault>>>,
 }
 
 /// The handle callers write through; the writer task ends when it is
@@ -68,15 +70,12 @@ impl GroupCommit {
     /// Applies `write` in the next batch and returns its outcome once that
     /// batch committed. Dropped before that (the caller went away), a
     /// reservation that was made is refunded.
-    pub(super) async fn write(&self, write: CallWrite) -> Result<CallOutcome, Fault> {
+    pub(super) async fn write(&self, write: LedgerWrite) -> Result<LedgerOutcome, Fault> {
         write.check()?;
         let (reply, outcome) = oneshot::channel();
         let mut waiting = Waiting {
             outcome,
-            reservation: match &write {
-                CallWrite::Reserve(reservation) => Some(reservation.clone()),
-                CallWrite::Settle(_) => None,
-            },
+            holding: write.holds().then(|| write.clone()),
             jobs: self.jobs.clone(),
         };
         let job = Job {
@@ -87,70 +86,88 @@ impl GroupCommit {
             return Err(stopped());
         }
         let outcome = (&mut waiting.outcome).await;
-        waiting.reservation = None;
+        waiting.holding = None;
         outcome.unwrap_or_else(|_| Err(stopped()))
     }
 }
 
 /// A caller waiting for its write's outcome. Dropped while it waits, it
-/// closes the way back; an outcome that already arrived and was a
-/// reservation is refunded (the writer refunds one that arrives after).
+/// closes the way back; a reservation or quota take whose outcome already
+/// arrived is undone (the writer undoes one that arrives after).
 struct Waiting {
-    outcome: oneshot::Receiver<Result<CallOutcome, Fault>>,
-    /// The reservation waited for; `None` once its outcome was taken.
-    reservation: Option<Reservation>,
+    outcome: oneshot::Receiver<Result<LedgerOutcome, Fault>>,
+    /// The write waited for, if it holds something for a call not yet
+    /// forwarded; `None` once its outcome was taken.
+    holding: Option<LedgerWrite>,
     jobs: mpsc::Sender<Job>,
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        let Some(reservation) = self.reservation.take() else {
+        let Some(write) = self.holding.take() else {
             return;
         };
         self.outcome.close();
-        if let Ok(Ok(CallOutcome::Reserve(ReserveOutcome::Reserved { attempt, .. }))) =
-            self.outcome.try_recv()
-        {
-            let refund = refund_of(reservation, attempt);
-            if let Err(error) = self.jobs.try_send(refund) {
-                let jobs = self.jobs.clone();
-                let refund = match error {
-                    mpsc::error::TrySendError::Full(job)
-                    | mpsc::error::TrySendError::Closed(job) => job,
-                };
-                let sent = async move { jobs.send(refund).await.is_ok() };
-                // No runtime (it is gone) or no writer: the sweep of held
-                // reservations refunds it later.
-                match tokio::runtime::Handle::try_current() {
-                    Ok(runtime) => drop(runtime.spawn(async move {
-                        if !sent.await {
-                            tracing::warn!("could not refund a reservation whose caller went away; the sweep will");
-                        }
-                    })),
-                    Err(_) => tracing::warn!(
-                        "could not refund a reservation whose caller went away; the sweep will"
-                    ),
+        let Some(undo) = self
+            .outcome
+            .try_recv()
+            .ok()
+            .and_then(|outcome| undo_of(write, &outcome))
+        else {
+            return;
+        };
+        let Err(error) = self.jobs.try_send(undo) else {
+            return;
+        };
+        let undo = match error {
+            mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => job,
+        };
+        let jobs = self.jobs.clone();
+        // No runtime (it is gone) or no writer: the sweep of held
+        // reservations refunds it later.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(async move {
+                if jobs.send(undo).await.is_err() {
+                    tracing::warn!("could not undo the write of a caller that went away");
                 }
-            }
+            })),
+            Err(_) => tracing::warn!("could not undo the write of a caller that went away"),
         }
     }
 }
 
-/// The writer's own refund of a reservation whose caller went away before
-/// it learned of it: the call was never forwarded.
-fn refund_of(reservation: Reservation, attempt: i64) -> Job {
-    tracing::debug!(charge_key = %reservation.charge_key, "a reservation's caller went away before the call was forwarded; refunding it");
-    Job {
-        write: CallWrite::Settle(Settlement {
+/// The writer's own undoing of what `write` holds for a call whose caller
+/// went away before it learned of it (so the call was never forwarded): a
+/// reservation is refunded, a quota take released.
+fn undo_of(write: LedgerWrite, outcome: &Result<LedgerOutcome, Fault>) -> Option<Job> {
+    let undo = match (write, outcome) {
+        (
+            LedgerWrite::Reserve(reservation),
+            Ok(LedgerOutcome::Reserve(ReserveOutcome::Reserved { attempt, .. })),
+        ) => LedgerWrite::Settle(Settlement {
             customer_id: reservation.customer_id,
             charge_key: reservation.charge_key,
-            attempt,
+            attempt: *attempt,
             actual: 0,
             refund_reason: Some(NOT_SERVED.to_owned()),
             at: reservation.at,
         }),
+        (
+            LedgerWrite::TakeQuota(take),
+            Ok(LedgerOutcome::TakeQuota(QuotaOutcome::Taken { .. })),
+        ) => LedgerWrite::ReleaseQuota(QuotaRelease {
+            customer_id: take.customer_id,
+            charge_key: take.charge_key,
+            reason: NOT_SERVED.to_owned(),
+            at: take.at,
+        }),
+        _ => return None,
+    };
+    tracing::debug!(write = ?undo, "a caller went away before its call was forwarded; undoing what it held");
+    Some(Job {
+        write: undo,
         reply: None,
-    }
+    })
 }
 
 /// The writer is gone (the runtime is shutting down).
@@ -187,7 +204,7 @@ impl<DB: Driver> Writer<DB> {
                     Err(_) => break,
                 }
             }
-            let writes: Vec<CallWrite> = jobs.iter().map(|job| job.write.clone()).collect();
+            let writes: Vec<LedgerWrite> = jobs.iter().map(|job| job.write.clone()).collect();
             let outcomes = self.batch(&writes).await;
             for (job, outcome) in jobs.into_iter().zip(outcomes) {
                 self.answer(job, outcome);
@@ -195,28 +212,25 @@ impl<DB: Driver> Writer<DB> {
         }
     }
 
-    /// Sends a job its outcome; a reservation nobody is waiting for any
-    /// more is refunded.
-    fn answer(&mut self, job: Job, outcome: Result<CallOutcome, Fault>) {
+    /// Sends a job its outcome; what a caller that went away held is
+    /// undone.
+    fn answer(&mut self, job: Job, outcome: Result<LedgerOutcome, Fault>) {
         let Some(reply) = job.reply else {
             if let Err(fault) = outcome {
-                tracing::warn!(error = ?fault, write = ?job.write, "could not refund a reservation whose caller went away; the sweep will");
+                tracing::warn!(error = ?fault, write = ?job.write, "could not undo the write of a caller that went away; the sweep will");
             }
             return;
         };
-        let Err(Ok(CallOutcome::Reserve(ReserveOutcome::Reserved { attempt, .. }))) =
-            reply.send(outcome)
-        else {
-            return;
-        };
-        if let CallWrite::Reserve(reservation) = job.write {
-            self.own.push_back(refund_of(reservation, attempt));
+        if let Err(outcome) = reply.send(outcome)
+            && let Some(undo) = undo_of(job.write, &outcome)
+        {
+            self.own.push_back(undo);
         }
     }
 
     /// The outcome of every write: one transaction for all of them, or,
     /// when that fails, one for each.
-    async fn batch(&mut self, writes: &[CallWrite]) -> Vec<Result<CallOutcome, Fault>> {
+    async fn batch(&mut self, writes: &[LedgerWrite]) -> Vec<Result<LedgerOutcome, Fault>> {
         match self.transaction(writes).await {
             Ok(outcomes) => outcomes,
             Err(fault) if writes.len() == 1 => vec![Err(fault)],
@@ -237,8 +251,8 @@ impl<DB: Driver> Writer<DB> {
     /// Runs `writes` in one transaction, again while it loses races.
     async fn transaction(
         &mut self,
-        writes: &[CallWrite],
-    ) -> Result<Vec<Result<CallOutcome, Fault>>, Fault> {
+        writes: &[LedgerWrite],
+    ) -> Result<Vec<Result<LedgerOutcome, Fault>>, Fault> {
         let mut attempt = 1;
         loop {
             let kept = self.conn.is_some();
@@ -257,8 +271,8 @@ impl<DB: Driver> Writer<DB> {
 
     async fn once(
         &mut self,
-        writes: &[CallWrite],
-    ) -> Result<Vec<Result<CallOutcome, Fault>>, Fault> {
+        writes: &[LedgerWrite],
+    ) -> Result<Vec<Result<LedgerOutcome, Fault>>, Fault> {
         let _turn = if DB::ONE_WRITER {
             Some(self.turn.lock().await)
         } else {
@@ -268,7 +282,7 @@ impl<DB: Driver> Writer<DB> {
             Some(conn) => conn,
             None => self.pool.acquire().await?,
         };
-        let outcome = apply_call_writes::<DB>(&mut conn, writes).await;
+        let outcome = apply_writes::<DB>(&mut conn, writes).await;
         match &outcome {
             Err(Fault::Sql(error)) if !is_lost_race::<DB>(error) => conn.close_on_drop(),
             Err(Fault::Store(_)) => conn.close_on_drop(),

@@ -33,6 +33,7 @@
 //! same transaction, and never apply a write twice: a replay answers with
 //! what it finds.
 
+mod batch;
 mod credits;
 mod grants;
 mod metered;
@@ -55,13 +56,11 @@ use super::rollup::{TEXT_MAX_CHARS, fit, utc_day};
 use super::rows::{self, LEDGER_COLUMNS};
 use super::statement::Statement;
 
+pub(super) use batch::{LedgerOutcome, LedgerWrite, apply as apply_writes, max_batch};
 pub(super) use credits::change_balance;
 pub(super) use grants::periodic_grant;
-pub(super) use metered::meter_usage;
-pub(super) use quota::{accrue, step_counter};
-pub(super) use quota_use::{release_quota, take_quota};
+pub(super) use quota::step_counter;
 pub(super) use recovery::{held_reservations, record_recovered_call, unrecorded_charges};
-pub(super) use reservations::{CallOutcome, CallWrite, apply as apply_call_writes, max_batch};
 
 /// How many times in all a write is tried while it keeps losing races.
 const ATTEMPTS: u32 = 8;

@@ -14,6 +14,8 @@ impl Driver for MySql {
     const BACKEND: Backend = Backend::MySql;
     const BEGIN_WRITE: &'static str = "BEGIN";
     const ONE_WRITER: bool = false;
+    const BATCH_ISOLATION: Option<&'static str> =
+        Some("SET TRANSACTION ISOLATION LEVEL READ COMMITTED");
     const FOR_UPDATE: &'static str = " FOR UPDATE";
     const SKIP_STORED_RETURNING_NEW: Option<&'static str> = None;
     const ADD_TO_DAILY: &'static str = " ON DUPLICATE KEY UPDATE \

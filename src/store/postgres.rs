@@ -16,6 +16,7 @@ impl Driver for Postgres {
     const BACKEND: Backend = Backend::Postgres;
     const BEGIN_WRITE: &'static str = "BEGIN";
     const ONE_WRITER: bool = false;
+    const BATCH_ISOLATION: Option<&'static str> = None;
     const FOR_UPDATE: &'static str = " FOR UPDATE";
     const SKIP_STORED_RETURNING_NEW: Option<&'static str> =
         Some(" ON CONFLICT (call_id) DO NOTHING RETURNING call_id");

@@ -26,7 +26,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use super::driver::Driver;
 use super::error::Fault;
 use super::group_commit::GroupCommit;
-use super::ledger::{CallOutcome, CallWrite};
+use super::ledger::{LedgerOutcome, LedgerWrite};
 use super::statement::Statement;
 use super::{
     Analytics, CustomerSpend, GroupAmount, LedgerGroup, OutcomeCount, Span, UsageTotals, analytics,
@@ -45,7 +45,7 @@ pub(super) struct SqlStore<DB: Driver> {
     pool: Pool<DB>,
     /// On a one-writer database, this process's writers take turns here.
     writers: Arc<Mutex<()>>,
-    /// Calls' reservations and settlements, written in batches.
+    /// The hot path's ledger writes, written in batches.
     calls: GroupCommit,
 }
 
@@ -61,6 +61,21 @@ impl<DB: Driver> SqlStore<DB> {
         }
     }
 
+    /// Applies a hot-path ledger write through the ledger writer (group
+    /// commit) and picks its outcome.
+    async fn batched<T>(
+        &self,
+        write: LedgerWrite,
+        pick: impl FnOnce(LedgerOutcome) -> Option<T>,
+    ) -> Result<T, StoreError> {
+        match self.calls.write(write).await {
+            Ok(outcome) => pick(outcome).ok_or_else(|| {
+                StoreError::Other("the ledger writer answered with another kind of outcome".into())
+            }),
+            Err(fault) => Err(fault.into_store::<DB>()),
+        }
+    }
+
     /// Waits for this process's turn to write, on a one-writer database
     /// ([`Driver::ONE_WRITER`]); elsewhere writers go straight to the
     /// database, which orders them itself.
@@ -71,11 +86,6 @@ impl<DB: Driver> SqlStore<DB> {
             None
         }
     }
-}
-
-/// The ledger writer answered a write with another kind's outcome (a bug).
-fn mismatched() -> StoreError {
-    StoreError::Other("the ledger writer answered with the wrong kind of outcome".into())
 }
 
 /// A result with its fault in the contract's terms.
@@ -122,27 +132,21 @@ impl<DB: Driver> UsageSink for SqlStore<DB> {
 #[async_trait]
 impl<DB: Driver> Ledger for SqlStore<DB> {
     async fn reserve(&self, reservation: &Reservation) -> Result<ReserveOutcome, StoreError> {
-        match self
-            .calls
-            .write(CallWrite::Reserve(reservation.clone()))
-            .await
-        {
-            Ok(CallOutcome::Reserve(outcome)) => Ok(outcome),
-            Ok(CallOutcome::Settle(_)) => Err(mismatched()),
-            Err(fault) => Err(fault.into_store::<DB>()),
-        }
+        let write = LedgerWrite::Reserve(reservation.clone());
+        self.batched(write, |outcome| match outcome {
+            LedgerOutcome::Reserve(outcome) => Some(outcome),
+            _ => None,
+        })
+        .await
     }
 
     async fn settle(&self, settlement: &Settlement) -> Result<SettleOutcome, StoreError> {
-        match self
-            .calls
-            .write(CallWrite::Settle(settlement.clone()))
-            .await
-        {
-            Ok(CallOutcome::Settle(outcome)) => Ok(outcome),
-            Ok(CallOutcome::Reserve(_)) => Err(mismatched()),
-            Err(fault) => Err(fault.into_store::<DB>()),
-        }
+        let write = LedgerWrite::Settle(settlement.clone());
+        self.batched(write, |outcome| match outcome {
+            LedgerOutcome::Settle(outcome) => Some(outcome),
+            _ => None,
+        })
+        .await
     }
 
     async fn change_balance(&self, change: &BalanceChange) -> Result<ChangeOutcome, StoreError> {
@@ -155,8 +159,12 @@ impl<DB: Driver> Ledger for SqlStore<DB> {
     }
 
     async fn accrue(&self, accrual: &Accrual) -> Result<AccrueOutcome, StoreError> {
-        let _turn = self.write_turn().await;
-        done::<DB, _>(ledger::accrue(&self.pool, accrual).await)
+        let write = LedgerWrite::Accrue(accrual.clone());
+        self.batched(write, |outcome| match outcome {
+            LedgerOutcome::Accrue(outcome) => Some(outcome),
+            _ => None,
+        })
+        .await
     }
 
     async fn step_counter(&self, step: &CounterStep) -> Result<CounterOutcome, StoreError> {
@@ -178,18 +186,30 @@ impl<DB: Driver> Ledger for SqlStore<DB> {
     }
 
     async fn take_quota(&self, take: &QuotaTake) -> Result<QuotaOutcome, StoreError> {
-        let _turn = self.write_turn().await;
-        done::<DB, _>(ledger::take_quota(&self.pool, take).await)
+        let write = LedgerWrite::TakeQuota(take.clone());
+        self.batched(write, |outcome| match outcome {
+            LedgerOutcome::TakeQuota(outcome) => Some(outcome),
+            _ => None,
+        })
+        .await
     }
 
     async fn release_quota(&self, release: &QuotaRelease) -> Result<ReleaseOutcome, StoreError> {
-        let _turn = self.write_turn().await;
-        done::<DB, _>(ledger::release_quota(&self.pool, release).await)
+        let write = LedgerWrite::ReleaseQuota(release.clone());
+        self.batched(write, |outcome| match outcome {
+            LedgerOutcome::ReleaseQuota(outcome) => Some(outcome),
+            _ => None,
+        })
+        .await
     }
 
     async fn meter_usage(&self, usage: &MeteredUsage) -> Result<MeterOutcome, StoreError> {
-        let _turn = self.write_turn().await;
-        done::<DB, _>(ledger::meter_usage(&self.pool, usage).await)
+        let write = LedgerWrite::MeterUsage(usage.clone());
+        self.batched(write, |outcome| match outcome {
+            LedgerOutcome::MeterUsage(outcome) => Some(outcome),
+            _ => None,
+        })
+        .await
     }
 
     async fn periodic_grant(&self, grant: &PeriodicGrant) -> Result<GrantOutcome, StoreError> {

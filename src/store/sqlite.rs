@@ -26,6 +26,7 @@ impl Driver for Sqlite {
     const BACKEND: Backend = Backend::Sqlite;
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
     const ONE_WRITER: bool = true;
+    const BATCH_ISOLATION: Option<&'static str> = None;
     const FOR_UPDATE: &'static str = "";
     const SKIP_STORED_RETURNING_NEW: Option<&'static str> = None;
     const ADD_TO_DAILY: &'static str = ON_CONFLICT_ADD_TO_DAILY;

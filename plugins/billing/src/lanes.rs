@@ -8,8 +8,10 @@
 //! per customer per process is in the database at a time (other customers
 //! are not held up, apart from the rare ones sharing a lane), and several
 //! mcp-meter instances still stay exact because the database decides.
-//! Credits reservations and settlements do not take a lane: the store's
-//! ledger writer already sends them to the database one batch at a time.
+//! The hot path's writes (reservations, settlements, charges, quota takes
+//! and releases, metered usage) do not take a lane: the store's ledger
+//! writer already sends them to the database one batch at a time. What
+//! still does is the periodic credit grant.
 
 use std::hash::{BuildHasher, RandomState};
 

@@ -82,10 +82,7 @@ where
         meta["meter"] = Value::from(m.meter.name());
         meta["units"] = Value::from(units);
     }
-    let accrued = {
-        let _lane = billing.lanes.enter(&accrual.customer_id).await;
-        billing.ledger.accrue(&accrual).await
-    };
+    let accrued = billing.ledger.accrue(&accrual).await;
     match accrued {
         Ok(AccrueOutcome::Charged { number, amount }) => {
             meta["charged"] = Value::from(call.plan.unit.format(amount));

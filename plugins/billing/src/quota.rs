@@ -59,10 +59,7 @@ pub(crate) async fn take(
         cap,
         at: billing.clock.now(),
     };
-    let outcome = {
-        let _lane = billing.lanes.enter(&customer_id).await;
-        billing.ledger.take_quota(&take).await?
-    };
+    let outcome = billing.ledger.take_quota(&take).await?;
     Ok(match outcome {
         QuotaOutcome::Taken { used } => Quota::Held {
             held: HeldQuota::new(

@@ -139,10 +139,7 @@ where
         quantity: units.map_or(1, |(m, units)| m.blocks(units)),
         at: now,
     };
-    let accrued = {
-        let _lane = billing.lanes.enter(&accrual.customer_id).await;
-        billing.ledger.accrue(&accrual).await
-    };
+    let accrued = billing.ledger.accrue(&accrual).await;
     match accrued {
         Ok(AccrueOutcome::Charged { number, amount }) => {
             meta["charged"] = Value::from(call.plan.unit.format(amount));

@@ -6,14 +6,13 @@
 //! There is no row to lock before the entry exists: the entry's unique
 //! `(customer_id, idempotency_key)` decides. Two recordings of one call at
 //! once both insert it; the database refuses the second (after the first
-//! commits), whose transaction runs again and finds the entry. This module
+//! commits), whose transaction (batch) runs again and finds the entry. This module
 //! must never record a call's usage twice, nor usage without its outbox
 //! event, nor an event without its usage.
 
 use mcp_meter_plugin::ledger::{EntryKind, MeterOutcome, MeteredUsage};
 use mcp_meter_plugin::outbox::OutboxStatus;
 use mcp_meter_plugin::ports::StoreError;
-use sqlx::Pool;
 
 use super::super::driver::Driver;
 use super::super::error::Fault;
@@ -21,18 +20,14 @@ use super::super::rollup::{TEXT_MAX_CHARS, fit};
 use super::super::statement::Statement;
 use super::{
     CALL_ID_MAX_CHARS, NewEntry, UNIT_MAX_CHARS, append, check_key, entry_exists, refused,
-    retrying, unless_no_customer,
+    unless_no_customer,
 };
 
 /// The longest meter event name (the payment provider's limit).
 const EVENT_NAME_MAX_CHARS: usize = 100;
 
-/// Records a call's metered units and its outbox event, once per charge
-/// key.
-pub(in crate::store) async fn meter_usage<DB: Driver>(
-    pool: &Pool<DB>,
-    usage: &MeteredUsage,
-) -> Result<MeterOutcome, Fault> {
+/// Refuses metered usage no transaction could apply: a bad key, units, event name, unit or call id.
+pub(in crate::store) fn check_usage(usage: &MeteredUsage) -> Result<(), Fault> {
     check_key("charge key", usage.charge_key.as_str())?;
     if usage.units < 0 {
         return Err(refused(format!(
@@ -60,21 +55,24 @@ pub(in crate::store) async fn meter_usage<DB: Driver>(
             "a metered call id has 1 to {CALL_ID_MAX_CHARS} characters"
         )));
     }
-    retrying::<DB, _, _, _>("metered usage", || meter_once(pool, usage)).await
+    Ok(())
 }
 
-async fn meter_once<DB: Driver>(pool: &Pool<DB>, u: &MeteredUsage) -> Result<MeterOutcome, Fault> {
+/// Records a call's metered units and its outbox event, once per charge
+/// key, inside the caller's transaction `conn`.
+pub(super) async fn meter_in<DB: Driver>(
+    conn: &mut DB::Connection,
+    u: &MeteredUsage,
+) -> Result<MeterOutcome, Fault> {
     let customer = &u.customer_id;
     let idempotency_key = format!("usage:{}", u.charge_key);
-    let mut tx = pool.begin_with(DB::BEGIN_WRITE).await?;
-    if entry_exists::<DB>(&mut tx, customer, &idempotency_key).await? {
-        tx.rollback().await?;
+    if entry_exists::<DB>(&mut *conn, customer, &idempotency_key).await? {
         return Ok(MeterOutcome::AlreadyRecorded);
     }
     // The entry first: a concurrent recording of the same call fails here
     // on the unique key, before it reaches the outbox.
     append::<DB>(
-        &mut tx,
+        &mut *conn,
         &NewEntry {
             customer_id: customer,
             kind: EntryKind::Usage,
@@ -107,12 +105,11 @@ async fn meter_once<DB: Driver>(pool: &Pool<DB>, u: &MeteredUsage) -> Result<Met
             .bind(None::<i64>)
             .bind(u.at);
     });
-    match insert.execute(&mut tx).await {
+    match insert.execute(&mut *conn).await {
         Ok(()) => {}
         // This charge key's entry was new, so another call holds the
         // identifier: a caller's mistake, not a race to run again.
         Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-            tx.rollback().await?;
             return Err(Fault::Store(StoreError::Conflict(format!(
                 "a meter event with identifier {:?} exists for another call",
                 u.call_id.as_str()
@@ -120,6 +117,5 @@ async fn meter_once<DB: Driver>(pool: &Pool<DB>, u: &MeteredUsage) -> Result<Met
         }
         Err(error) => return Err(unless_no_customer(error, customer)),
     }
-    tx.commit().await?;
     Ok(MeterOutcome::Recorded)
 }

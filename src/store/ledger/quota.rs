@@ -1,5 +1,5 @@
 //! Period counters: numbering a priced plan's calls within their period
-//! and charging each at its number's price (`accrue`), and moving quota
+//! and charging each at its number's price (`accrue_in`), and moving quota
 //! counters under a cap (`step_counter`). Each is one transaction that
 //! locks the counter row it moves (see the parent module), so concurrent
 //! calls get distinct, consecutive numbers and a cap is never passed.
@@ -87,11 +87,8 @@ impl CounterKey<'_> {
     }
 }
 
-/// Numbers a call in its period and charges it, once per charge key.
-pub(in crate::store) async fn accrue<DB: Driver>(
-    pool: &Pool<DB>,
-    accrual: &Accrual,
-) -> Result<AccrueOutcome, Fault> {
+/// Refuses an accrual no transaction could apply: a bad key, counter name, quantity or currency.
+pub(in crate::store) fn check_accrual(accrual: &Accrual) -> Result<(), Fault> {
     check_key("charge key", accrual.charge_key.as_str())?;
     check_key("counter name", &accrual.counter)?;
     if accrual.quantity < 0 {
@@ -106,25 +103,28 @@ pub(in crate::store) async fn accrue<DB: Driver>(
             accrual.currency
         )));
     }
-    retrying::<DB, _, _, _>("accrual", || accrue_once(pool, accrual)).await
+    Ok(())
 }
 
-async fn accrue_once<DB: Driver>(pool: &Pool<DB>, a: &Accrual) -> Result<AccrueOutcome, Fault> {
+/// Numbers a call in its period and charges it, once per charge key,
+/// inside the caller's transaction `conn` (a batch's).
+pub(super) async fn accrue_in<DB: Driver>(
+    conn: &mut DB::Connection,
+    a: &Accrual,
+) -> Result<AccrueOutcome, Fault> {
     let idempotency_key = format!("charge:{}", a.charge_key);
     let key = CounterKey {
         customer: &a.customer_id,
         counter: &a.counter,
         period_start: a.period_start,
     };
-    let mut tx = pool.begin_with(DB::BEGIN_WRITE).await?;
     // Read before the counter lock, so a replay takes no lock. A concurrent
     // accrual of the same key that slips past this check fails on the
     // entry's unique key (its count rolls back) and, run again, stops here.
-    if entry_exists::<DB>(&mut tx, &a.customer_id, &idempotency_key).await? {
-        tx.rollback().await?;
+    if entry_exists::<DB>(&mut *conn, &a.customer_id, &idempotency_key).await? {
         return Ok(AccrueOutcome::AlreadyCharged);
     }
-    let used = key.locked::<DB>(&mut tx).await?;
+    let used = key.locked::<DB>(&mut *conn).await?;
     let before = used.unwrap_or(0);
     let number = before.checked_add(a.quantity).ok_or_else(|| {
         refused(format!(
@@ -132,10 +132,10 @@ async fn accrue_once<DB: Driver>(pool: &Pool<DB>, a: &Accrual) -> Result<AccrueO
             a.counter, a.customer_id
         ))
     })?;
-    key.set::<DB>(&mut tx, used.is_some(), number).await?;
+    key.set::<DB>(&mut *conn, used.is_some(), number).await?;
     let amount = a.schedule.charge_for(before, a.quantity);
     append::<DB>(
-        &mut tx,
+        &mut *conn,
         &NewEntry {
             customer_id: &a.customer_id,
             kind: EntryKind::Charge,
@@ -151,7 +151,6 @@ async fn accrue_once<DB: Driver>(pool: &Pool<DB>, a: &Accrual) -> Result<AccrueO
         },
     )
     .await?;
-    tx.commit().await?;
     Ok(AccrueOutcome::Charged { number, amount })
 }
 

@@ -1,6 +1,6 @@
 //! Quota taken per logical call: a free or included call takes its units
-//! from a counter under a cap before it is forwarded (`take_quota`), and
-//! gives them back if it fails (`release_quota`), each one transaction
+//! from a counter under a cap before it is forwarded (`take_in`), and
+//! gives them back if it fails (`release_in`), each inside a transaction
 //! that locks the counter row it moves (see the parent module).
 //!
 //! What a call took lives in `quota_uses`, one row per charge key holding
@@ -15,16 +15,13 @@
 
 use mcp_meter_plugin::identity::{CustomerId, UnixMillis};
 use mcp_meter_plugin::ledger::{EntryKind, QuotaOutcome, QuotaRelease, QuotaTake, ReleaseOutcome};
-use sqlx::Pool;
 
 use super::super::driver::{Driver, Read};
 use super::super::error::Fault;
 use super::super::rollup::{TEXT_MAX_CHARS, fit};
 use super::super::statement::Statement;
 use super::quota::CounterKey;
-use super::{
-    CALL_ID_MAX_CHARS, CALLS, NewEntry, append, check_key, refused, retrying, unless_no_customer,
-};
+use super::{CALL_ID_MAX_CHARS, CALLS, NewEntry, append, check_key, refused, unless_no_customer};
 
 /// Where a call's latest take stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,12 +96,8 @@ async fn quota_use<DB: Driver>(
     }))
 }
 
-/// Takes a call's units from its counter unless that passes the cap, once
-/// per charge key while taken.
-pub(in crate::store) async fn take_quota<DB: Driver>(
-    pool: &Pool<DB>,
-    take: &QuotaTake,
-) -> Result<QuotaOutcome, Fault> {
+/// Refuses a take no transaction could apply: under one unit, a negative cap, a bad key or counter name.
+pub(in crate::store) fn check_take(take: &QuotaTake) -> Result<(), Fault> {
     if take.units < 1 {
         return Err(refused(format!(
             "a call takes at least 1 unit of quota, not {}",
@@ -116,10 +109,15 @@ pub(in crate::store) async fn take_quota<DB: Driver>(
     }
     check_key("charge key", take.charge_key.as_str())?;
     check_key("counter name", &take.counter)?;
-    retrying::<DB, _, _, _>("quota take", || take_once(pool, take)).await
+    Ok(())
 }
 
-async fn take_once<DB: Driver>(pool: &Pool<DB>, t: &QuotaTake) -> Result<QuotaOutcome, Fault> {
+/// Takes a call's units from its counter unless that passes the cap, once
+/// per charge key while taken, inside the caller's transaction `conn`.
+pub(super) async fn take_in<DB: Driver>(
+    conn: &mut DB::Connection,
+    t: &QuotaTake,
+) -> Result<QuotaOutcome, Fault> {
     let customer = &t.customer_id;
     let charge_key = t.charge_key.as_str();
     let key = CounterKey {
@@ -127,18 +125,16 @@ async fn take_once<DB: Driver>(pool: &Pool<DB>, t: &QuotaTake) -> Result<QuotaOu
         counter: &t.counter,
         period_start: t.period_start,
     };
-    let mut tx = pool.begin_with(DB::BEGIN_WRITE).await?;
     // The counter first: every take of this counter queues here, and the
     // call's row read after it is the latest committed (a concurrent take
     // of the same key took this lock before, or fails on the row's primary
     // key or the entry's unique key and runs again).
-    let stored = key.locked::<DB>(&mut tx).await?;
+    let stored = key.locked::<DB>(&mut *conn).await?;
     let used = stored.unwrap_or(0);
-    let previous = quota_use::<DB>(&mut tx, customer, charge_key, false).await?;
+    let previous = quota_use::<DB>(&mut *conn, customer, charge_key, false).await?;
     let attempt = match &previous {
         None => 1,
         Some(taken) if taken.state == State::Taken => {
-            tx.rollback().await?;
             return Ok(QuotaOutcome::AlreadyTaken { used });
         }
         Some(released) => released.attempt + 1,
@@ -150,10 +146,9 @@ async fn take_once<DB: Driver>(pool: &Pool<DB>, t: &QuotaTake) -> Result<QuotaOu
         ))
     })?;
     if t.cap.is_some_and(|cap| next > cap) {
-        tx.rollback().await?;
         return Ok(QuotaOutcome::Exhausted { used });
     }
-    key.set::<DB>(&mut tx, stored.is_some(), next).await?;
+    key.set::<DB>(&mut *conn, stored.is_some(), next).await?;
 
     let call_id = fit(t.call_id.as_str(), CALL_ID_MAX_CHARS);
     let plan_id = fit(&t.plan_id, TEXT_MAX_CHARS);
@@ -212,13 +207,13 @@ async fn take_once<DB: Driver>(pool: &Pool<DB>, t: &QuotaTake) -> Result<QuotaOu
         }
     };
     write
-        .execute(&mut tx)
+        .execute(&mut *conn)
         .await
         .map_err(|error| unless_no_customer(error, customer))?;
 
     let idempotency_key = format!("quota:{charge_key}:{attempt}");
     append::<DB>(
-        &mut tx,
+        &mut *conn,
         &NewEntry {
             customer_id: customer,
             kind: EntryKind::Usage,
@@ -234,35 +229,29 @@ async fn take_once<DB: Driver>(pool: &Pool<DB>, t: &QuotaTake) -> Result<QuotaOu
         },
     )
     .await?;
-    tx.commit().await?;
     Ok(QuotaOutcome::Taken { used: next })
 }
 
-/// Gives a taken call's units back to the counter and period it took them
-/// from, once per attempt.
-pub(in crate::store) async fn release_quota<DB: Driver>(
-    pool: &Pool<DB>,
-    release: &QuotaRelease,
-) -> Result<ReleaseOutcome, Fault> {
+/// Refuses a release with a bad charge key.
+pub(in crate::store) fn check_release(release: &QuotaRelease) -> Result<(), Fault> {
     check_key("charge key", release.charge_key.as_str())?;
-    retrying::<DB, _, _, _>("quota release", || release_once(pool, release)).await
+    Ok(())
 }
 
-async fn release_once<DB: Driver>(
-    pool: &Pool<DB>,
+/// Gives a taken call's units back to the counter and period it took them
+/// from, once per attempt, inside the caller's transaction `conn`.
+pub(super) async fn release_in<DB: Driver>(
+    conn: &mut DB::Connection,
     r: &QuotaRelease,
 ) -> Result<ReleaseOutcome, Fault> {
     let customer = &r.customer_id;
     let charge_key = r.charge_key.as_str();
-    let mut tx = pool.begin_with(DB::BEGIN_WRITE).await?;
     // The call's row decides (releases of one key queue on it); then the
     // counter it took from, which takes of that counter also lock first.
-    let Some(taken) = quota_use::<DB>(&mut tx, customer, charge_key, true).await? else {
-        tx.rollback().await?;
+    let Some(taken) = quota_use::<DB>(&mut *conn, customer, charge_key, true).await? else {
         return Ok(ReleaseOutcome::NotTaken);
     };
     if taken.state == State::Released {
-        tx.rollback().await?;
         return Ok(ReleaseOutcome::AlreadyReleased);
     }
     let key = CounterKey {
@@ -270,12 +259,12 @@ async fn release_once<DB: Driver>(
         counter: &taken.counter,
         period_start: taken.period_start,
     };
-    let stored = key.locked::<DB>(&mut tx).await?;
+    let stored = key.locked::<DB>(&mut *conn).await?;
     let used = match stored {
         Some(used) => {
             let next = used.saturating_sub(taken.units).max(0);
             if next != used {
-                key.set::<DB>(&mut tx, true, next).await?;
+                key.set::<DB>(&mut *conn, true, next).await?;
             }
             next
         }
@@ -295,11 +284,11 @@ async fn release_once<DB: Driver>(
         .bind(taken.attempt)
         .push(" AND state = ")
         .bind(State::Taken.as_str());
-    update.execute(&mut tx).await?;
+    update.execute(&mut *conn).await?;
 
     let idempotency_key = format!("unquota:{charge_key}:{}", taken.attempt);
     append::<DB>(
-        &mut tx,
+        &mut *conn,
         &NewEntry {
             customer_id: customer,
             kind: EntryKind::Refund,
@@ -315,7 +304,6 @@ async fn release_once<DB: Driver>(
         },
     )
     .await?;
-    tx.commit().await?;
     Ok(ReleaseOutcome::Released { used })
 }
 

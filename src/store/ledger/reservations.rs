@@ -1,12 +1,12 @@
 //! Calls' credits: reserving before a call, settling or refunding after it,
-//! for one call or for many at once in one transaction (the group commit
-//! of the hot path, see `store::group_commit`).
+//! for one call or for many at once, inside a batch's transaction (the
+//! group commit of the hot path, see `batch` and `store::group_commit`).
 //!
 //! A logical call's reservation lives in `call_charges`, one row per charge
 //! key holding its latest attempt: `reserved` until it is settled or
 //! refunded; a refunded call may reserve again as the next attempt.
 //!
-//! A batch is one transaction. It locks the balance rows of every customer
+//! A batch's credits writes lock the balance rows of every customer
 //! in it (in customer order, so that two instances' batches queue instead
 //! of deadlocking), reads the call charges its writes name, decides each
 //! write in order in memory — each seeing what the writes before it left,
@@ -22,68 +22,24 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use mcp_meter_plugin::identity::{CustomerId, UnixMillis};
 use mcp_meter_plugin::ledger::{EntryKind, Reservation, ReserveOutcome, SettleOutcome, Settlement};
-use sqlx::Connection;
 
 use super::super::driver::{Driver, Read};
 use super::super::error::Fault;
 use super::super::rollup::{TEXT_MAX_CHARS, fit};
 use super::super::statement::Statement;
+use super::batch::{LedgerOutcome, LedgerWrite};
 use super::{CALL_ID_MAX_CHARS, CREDITS, NewEntry, add_to_balance, append_all, check_key, refused};
 
-/// One write of a call's credits.
-#[derive(Debug, Clone)]
-pub(in crate::store) enum CallWrite {
-    /// Take a call's credits before it is forwarded.
-    Reserve(Reservation),
-    /// Keep or give back a reservation after the call.
-    Settle(Settlement),
-}
-
-/// What a [`CallWrite`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(in crate::store) enum CallOutcome {
-    /// The outcome of a reservation.
-    Reserve(ReserveOutcome),
-    /// The outcome of a settlement.
-    Settle(SettleOutcome),
-}
-
-/// The most columns a row of a batch's statements binds (a ledger entry).
-const WIDEST_ROW: usize = 11;
-
-/// The most writes one batch takes on `DB`, within its bind-parameter limit.
-pub(in crate::store) fn max_batch<DB: Driver>() -> usize {
-    (DB::MAX_PARAMS / WIDEST_ROW).clamp(1, 512)
-}
-
-impl CallWrite {
-    /// Refuses a write no batch could apply: a reservation of less than one
-    /// credit, an empty or overlong charge key.
-    pub(in crate::store) fn check(&self) -> Result<(), Fault> {
-        if let CallWrite::Reserve(reservation) = self
-            && reservation.amount < 1
-        {
-            return Err(refused(format!(
-                "a reservation takes at least 1 credit, not {}",
-                reservation.amount
-            )));
-        }
-        check_key("charge key", self.charge_key())
+/// Refuses a reservation no batch could apply: less than one credit, an
+/// empty or overlong charge key.
+pub(super) fn check_reservation(reservation: &Reservation) -> Result<(), Fault> {
+    if reservation.amount < 1 {
+        return Err(refused(format!(
+            "a reservation takes at least 1 credit, not {}",
+            reservation.amount
+        )));
     }
-
-    fn customer(&self) -> &CustomerId {
-        match self {
-            CallWrite::Reserve(r) => &r.customer_id,
-            CallWrite::Settle(s) => &s.customer_id,
-        }
-    }
-
-    fn charge_key(&self) -> &str {
-        match self {
-            CallWrite::Reserve(r) => r.charge_key.as_str(),
-            CallWrite::Settle(s) => s.charge_key.as_str(),
-        }
-    }
+    check_key("charge key", reservation.charge_key.as_str())
 }
 
 /// Where a call's latest attempt stands.
@@ -158,18 +114,21 @@ struct Books {
     entries: Vec<EntryRow>,
 }
 
-/// Applies `writes` in order in one transaction on `conn`: the outcome of
-/// each, or the fault that refused it alone. `Err` when the transaction as
-/// a whole failed and nothing was written.
-pub(in crate::store) async fn apply<DB: Driver>(
+/// Applies the credits writes (reservations and settlements) of a batch
+/// in order inside the caller's transaction `conn`: the outcome of each,
+/// or the fault that refused it alone. `Err` when the transaction as a
+/// whole must fail. Other writes are refused (they are not this module's).
+pub(super) async fn apply_in<DB: Driver>(
     conn: &mut DB::Connection,
-    writes: &[CallWrite],
-) -> Result<Vec<Result<CallOutcome, Fault>>, Fault> {
-    let mut tx = conn.begin_with(DB::BEGIN_WRITE).await?;
+    writes: &[&LedgerWrite],
+) -> Result<Vec<Result<LedgerOutcome, Fault>>, Fault> {
+    if writes.is_empty() {
+        return Ok(Vec::new());
+    }
     let customers: BTreeSet<&str> = writes.iter().map(|w| w.customer().as_str()).collect();
-    let keys: BTreeSet<&str> = writes.iter().map(CallWrite::charge_key).collect();
-    let balances = locked_balances::<DB>(&mut tx, &customers).await?;
-    let charges = call_charges::<DB>(&mut tx, &customers, &keys).await?;
+    let keys: BTreeSet<&str> = writes.iter().map(|w| w.charge_key()).collect();
+    let balances = locked_balances::<DB>(&mut *conn, &customers).await?;
+    let charges = call_charges::<DB>(&mut *conn, &customers, &keys).await?;
     let mut books = Books {
         read: balances.clone(),
         balances,
@@ -179,12 +138,12 @@ pub(in crate::store) async fn apply<DB: Driver>(
     let outcomes = writes
         .iter()
         .map(|write| match write {
-            CallWrite::Reserve(r) => Ok(CallOutcome::Reserve(books.reserve(r))),
-            CallWrite::Settle(s) => books.settle(s).map(CallOutcome::Settle),
+            LedgerWrite::Reserve(r) => Ok(LedgerOutcome::Reserve(books.reserve(r))),
+            LedgerWrite::Settle(s) => books.settle(s).map(LedgerOutcome::Settle),
+            other => Err(refused(format!("{other:?} is not a credits write"))),
         })
         .collect();
-    books.write::<DB>(&mut tx).await?;
-    tx.commit().await?;
+    books.write::<DB>(conn).await?;
     Ok(outcomes)
 }
 
