@@ -18,8 +18,8 @@ use mcp_meter::store::{self, Store};
 use mcp_meter_plugin::identity::{CallId, CustomerId, UnixMillis};
 use mcp_meter_plugin::ledger::{
     Accrual, AccrueOutcome, BalanceChange, ChangeOutcome, ChargeKey, CounterOutcome, CounterStep,
-    EntryKind, Ledger, LedgerEntry, LedgerFilter, PriceSchedule, QuotaTake, Reservation,
-    ReserveOutcome, SettleOutcome, Settlement, Tier,
+    EntryKind, Ledger, LedgerEntry, LedgerFilter, PriceSchedule, QuotaOutcome, QuotaTake,
+    Reservation, ReserveOutcome, SettleOutcome, Settlement, Tier,
 };
 use mcp_meter_plugin::ports::{NewCustomer, StoreError};
 
@@ -1008,38 +1008,110 @@ async fn one_refused_write_fails_alone(db: TestDb) {
     );
 }
 
-/// Callers that go away while their reservation or quota take is written
-/// (a client cancelling its call) never forward their call: whatever was
-/// reserved for them is refunded, whatever was taken is released. The
-/// balance is locked from outside while the calls queue, behind a first
-/// reservation that waits for the lock, so that every caller is gone
-/// before its write commits.
+/// Callers that go away (a client cancelling its call) never forward
+/// their call. A reservation or quota take still waiting in the writer's
+/// queue is not written at all; one already in a transaction that waits
+/// for a lock (held here from outside) is refunded or released once it
+/// commits.
 async fn a_write_whose_caller_went_away_is_undone(db: TestDb) {
     let store = db.open_wide().await;
     let a = new_customer(&store, "a").await;
     grant(&*store, &a, 1_000, "g").await;
+    // The counter's row exists, to be locked.
+    let setup = free_take(&a, "setup");
+    assert!(matches!(
+        store.take_quota(&setup).await,
+        Ok(QuotaOutcome::Taken { used: 1 })
+    ));
 
+    // A reservation blocked on the balance lock, 200 writes queued behind it.
     let lock = db.hold_balance_lock(a.as_str()).await;
-    let first = {
+    let mut tasks = vec![{
         let (store, r) = (Arc::clone(&store), reservation(&a, "first", 2));
         tokio::spawn(async move { store.reserve(&r).await.map(|_| ()) })
-    };
+    }];
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let mut tasks: Vec<_> = (0..200)
-        .map(|n| {
-            let store = Arc::clone(&store);
-            let key = format!("call-{n}");
-            if n % 2 == 0 {
-                let r = reservation(&a, &key, 2);
-                tokio::spawn(async move { store.reserve(&r).await.map(|_| ()) })
-            } else {
-                let t = free_take(&a, &key);
-                tokio::spawn(async move { store.take_quota(&t).await.map(|_| ()) })
-            }
-        })
-        .collect();
-    tasks.push(first);
+    tasks.extend((0..200).map(|n| {
+        let store = Arc::clone(&store);
+        let key = format!("call-{n}");
+        if n % 2 == 0 {
+            let r = reservation(&a, &key, 2);
+            tokio::spawn(async move { store.reserve(&r).await.map(|_| ()) })
+        } else {
+            let t = free_take(&a, &key);
+            tokio::spawn(async move { store.take_quota(&t).await.map(|_| ()) })
+        }
+    }));
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    abort_all(tasks).await;
+    lock.release().await;
+    flush(&*store, &a, "between").await;
+
+    // A quota take blocked on its counter's lock.
+    let lock = db
+        .hold_lock(&format!(
+            "SELECT used FROM period_counters WHERE customer_id = '{a}' FOR UPDATE"
+        ))
+        .await;
+    let blocked = {
+        let (store, t) = (Arc::clone(&store), free_take(&a, "blocked"));
+        tokio::spawn(async move { store.take_quota(&t).await.map(|_| ()) })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    abort_all(vec![blocked]).await;
+    lock.release().await;
+
+    flush(&*store, &a, "last").await;
+    assert_eq!(assert_ledger_adds_up(&*store, &a).await, 1_000);
+    let counter = store.counter(&a, "free", UnixMillis(DAY0)).await;
+    assert_eq!(
+        counter.expect("counter"),
+        1,
+        "only the setup take is counted"
+    );
+    let entries = entries_of(&*store, &a).await;
+    let mut keys: Vec<&str> = entries.iter().map(|e| e.idempotency_key.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "g",
+            "quota:blocked:1",
+            "quota:setup:1",
+            "refund:between:1",
+            "refund:first:1",
+            "refund:last:1",
+            "reserve:between:1",
+            "reserve:first:1",
+            "reserve:last:1",
+            "unquota:blocked:1",
+        ]
+    );
+    for undone in ["refund:first:1", "unquota:blocked:1"] {
+        let entry = entries.iter().find(|e| e.idempotency_key == undone);
+        assert_eq!(entry.and_then(|e| e.reason.as_deref()), Some("not_served"));
+    }
+}
+
+/// Waits until every write queued before it, and the writer's undoing
+/// of them, is written: writes are applied in the order they are queued,
+/// and the writer's own undoing goes ahead of the queue, so once a
+/// reservation queued now and then its refund are answered, all is done.
+async fn flush(ledger: &dyn Ledger, customer: &CustomerId, key: &str) {
+    let reserved = ledger.reserve(&reservation(customer, key, 2)).await;
+    assert!(
+        matches!(reserved, Ok(ReserveOutcome::Reserved { attempt: 1, .. })),
+        "{reserved:?}"
+    );
+    let refunded = ledger.settle(&refund(customer, key, 1, "test")).await;
+    assert!(
+        matches!(refunded, Ok(SettleOutcome::Applied { returned: 2, .. })),
+        "{refunded:?}"
+    );
+}
+
+/// Aborts every task and checks that none had finished.
+async fn abort_all(tasks: Vec<tokio::task::JoinHandle<Result<(), StoreError>>>) {
     for task in &tasks {
         task.abort();
     }
@@ -1047,39 +1119,6 @@ async fn a_write_whose_caller_went_away_is_undone(db: TestDb) {
         let cancelled = task.await.expect_err("no caller got an answer");
         assert!(cancelled.is_cancelled());
     }
-    lock.release().await;
-
-    // Writes are applied in the order they are queued, and the writer's
-    // own undoing goes ahead of the queue: once a reservation queued after
-    // every cancelled write, then its refund, are answered, everything
-    // due is undone.
-    let last = reservation(&a, "last", 2);
-    assert!(matches!(
-        store.reserve(&last).await,
-        Ok(ReserveOutcome::Reserved { attempt: 1, .. })
-    ));
-    let last_refund = refund(&a, "last", 1, "test");
-    assert!(matches!(
-        store.settle(&last_refund).await,
-        Ok(SettleOutcome::Applied { returned: 2, .. })
-    ));
-    assert_eq!(assert_ledger_adds_up(&*store, &a).await, 1_000);
-    let counter = store.counter(&a, "free", UnixMillis(DAY0)).await;
-    assert_eq!(counter.expect("counter"), 0);
-    let entries = entries_of(&*store, &a).await;
-    let count = |kind: EntryKind, unit: &str, reason: Option<&str>| {
-        entries
-            .iter()
-            .filter(|e| e.kind == kind && e.unit == unit)
-            .filter(|e| reason.is_none() || e.reason.as_deref() == reason)
-            .count()
-    };
-    // 100 cancelled reservations, the first and the last.
-    assert_eq!(count(EntryKind::Reservation, "credits", None), 102);
-    assert_eq!(count(EntryKind::Refund, "credits", Some("not_served")), 101);
-    assert_eq!(count(EntryKind::Refund, "credits", Some("test")), 1);
-    assert_eq!(count(EntryKind::Usage, "calls", None), 100);
-    assert_eq!(count(EntryKind::Refund, "calls", Some("not_served")), 100);
 }
 
 /// A take of one free call from the `free` counter, uncapped.

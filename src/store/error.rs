@@ -154,22 +154,36 @@ impl Fault {
 
 /// A sqlx error while serving, as the contract's [`StoreError`].
 pub(super) fn store_error<DB: Driver>(error: sqlx::Error) -> StoreError {
+    if let Some(message) = unavailable::<DB>(&error) {
+        return StoreError::Unavailable(message);
+    }
     match &error {
+        sqlx::Error::RowNotFound => StoreError::NotFound(error.to_string()),
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(db.message().to_owned())
+        }
+        _ => StoreError::Other(error.to_string()),
+    }
+}
+
+/// What makes the database unable to serve right now (unreachable, out of
+/// connections, out of disk), if that is what `error` says; `None` for an
+/// error of the request itself.
+pub(super) fn unavailable<DB: Driver>(error: &sqlx::Error) -> Option<String> {
+    match error {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
-        | sqlx::Error::BeginFailed => StoreError::Unavailable(error.to_string()),
-        sqlx::Error::RowNotFound => StoreError::NotFound(error.to_string()),
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            StoreError::Conflict(db.message().to_owned())
+        | sqlx::Error::BeginFailed => Some(error.to_string()),
+        sqlx::Error::Database(db)
+            if !db.is_unique_violation() && DB::is_unavailable(db.as_ref()) =>
+        {
+            Some(db.message().to_owned())
         }
-        sqlx::Error::Database(db) if DB::is_unavailable(db.as_ref()) => {
-            StoreError::Unavailable(db.message().to_owned())
-        }
-        _ => StoreError::Other(error.to_string()),
+        _ => None,
     }
 }
 

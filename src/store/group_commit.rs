@@ -20,18 +20,23 @@
 //! be the connection that broke, and the batch gets one more try on a
 //! fresh one.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use mcp_meter_plugin::ledger::{QuotaOutcome, QuotaRelease, ReserveOutcome, Settlement};
+use mcp_meter_plugin::ports::StoreError;
 use sqlx::Pool;
 use sqlx::pool::PoolConnection;
 use std::sync::Arc;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::driver::Driver;
-use super::error::{Fault, is_lost_race};
+use super::error::{Fault, is_lost_race, unavailable};
 use super::ledger::{LedgerOutcome, LedgerWrite, apply_writes, max_batch, run_again};
 
+/// How long the writer keeps an idle connection before it goes back to the
+/// pool.
+const KEEP_IDLE: Duration = Duration::from_secs(10);
 /// How many writes may wait for the writer before callers wait to queue.
 const QUEUE: usize = 4096;
 /// Why a reservation whose caller went away is refunded (the billing
@@ -61,6 +66,7 @@ impl GroupCommit {
             pool,
             turn,
             conn: None,
+            used_at: Instant::now(),
             own: VecDeque::new(),
         };
         tokio::spawn(writer.run(queue));
@@ -123,15 +129,15 @@ impl Drop for Waiting {
             mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => job,
         };
         let jobs = self.jobs.clone();
-        // No runtime (it is gone) or no writer: the sweep of held
-        // reservations refunds it later.
+        // No runtime (it is gone) or no writer: a reservation is refunded
+        // by the sweep of held reservations later.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn(async move {
                 if jobs.send(undo).await.is_err() {
-                    tracing::warn!("could not undo the write of a caller that went away");
+                    tracing::warn!("could not undo the write of a caller that went away (a reservation is refunded by the sweep of held reservations; a quota take stays counted in its period)");
                 }
             })),
-            Err(_) => tracing::warn!("could not undo the write of a caller that went away"),
+            Err(_) => tracing::warn!("could not undo the write of a caller that went away (a reservation is refunded by the sweep of held reservations; a quota take stays counted in its period)"),
         }
     }
 }
@@ -170,9 +176,29 @@ fn undo_of(write: LedgerWrite, outcome: &Result<LedgerOutcome, Fault>) -> Option
     })
 }
 
+/// The calls (customer, charge key) that a write of the batch found already
+/// held — a repeat of a call whose reservation or take is in the batch.
+fn repeats(
+    writes: &[LedgerWrite],
+    outcomes: &[Result<LedgerOutcome, Fault>],
+) -> HashSet<(String, String)> {
+    writes
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, outcome)| {
+            matches!(
+                outcome,
+                Ok(LedgerOutcome::Reserve(ReserveOutcome::AlreadyCharged))
+                    | Ok(LedgerOutcome::TakeQuota(QuotaOutcome::AlreadyTaken { .. }))
+            )
+        })
+        .map(|(write, _)| (write.customer().to_string(), write.charge_key().to_owned()))
+        .collect()
+}
+
 /// The writer is gone (the runtime is shutting down).
 fn stopped() -> Fault {
-    Fault::Store(mcp_meter_plugin::ports::StoreError::Unavailable(
+    Fault::Store(StoreError::Unavailable(
         "the ledger writer has stopped".into(),
     ))
 }
@@ -183,6 +209,8 @@ struct Writer<DB: Driver> {
     turn: Arc<Mutex<()>>,
     /// The connection kept between batches.
     conn: Option<PoolConnection<DB>>,
+    /// When the kept connection was last used.
+    used_at: Instant,
     /// The writer's own writes (refunds), ahead of the queue.
     own: VecDeque<Job>,
 }
@@ -204,26 +232,49 @@ impl<DB: Driver> Writer<DB> {
                     Err(_) => break,
                 }
             }
+            // A reservation or quota take whose caller already went away is
+            // not written at all.
+            jobs.retain(|job| {
+                !(job.write.holds() && job.reply.as_ref().is_some_and(|r| r.is_closed()))
+            });
+            if jobs.is_empty() {
+                continue;
+            }
             let writes: Vec<LedgerWrite> = jobs.iter().map(|job| job.write.clone()).collect();
             let outcomes = self.batch(&writes).await;
+            let repeats = repeats(&writes, &outcomes);
             for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                self.answer(job, outcome);
+                self.answer(job, outcome, &repeats);
             }
         }
     }
 
     /// Sends a job its outcome; what a caller that went away held is
-    /// undone.
-    fn answer(&mut self, job: Job, outcome: Result<LedgerOutcome, Fault>) {
+    /// undone — unless a repeat of its call in the same batch was told it
+    /// is already held, and so goes on without a hold of its own.
+    fn answer(
+        &mut self,
+        job: Job,
+        outcome: Result<LedgerOutcome, Fault>,
+        repeats: &HashSet<(String, String)>,
+    ) {
         let Some(reply) = job.reply else {
             if let Err(fault) = outcome {
-                tracing::warn!(error = ?fault, write = ?job.write, "could not undo the write of a caller that went away; the sweep will");
+                tracing::warn!(error = ?fault, write = ?job.write, "could not undo the write of a caller that went away (a reservation is refunded by the sweep of held reservations; a quota take stays counted in its period)");
             }
             return;
         };
-        if let Err(outcome) = reply.send(outcome)
-            && let Some(undo) = undo_of(job.write, &outcome)
-        {
+        let Err(outcome) = reply.send(outcome) else {
+            return;
+        };
+        let call = (
+            job.write.customer().to_string(),
+            job.write.charge_key().to_owned(),
+        );
+        if repeats.contains(&call) {
+            return;
+        }
+        if let Some(undo) = undo_of(job.write, &outcome) {
             self.own.push_back(undo);
         }
     }
@@ -234,6 +285,16 @@ impl<DB: Driver> Writer<DB> {
         match self.transaction(writes).await {
             Ok(outcomes) => outcomes,
             Err(fault) if writes.len() == 1 => vec![Err(fault)],
+            // The database cannot serve: every write gets that answer now
+            // rather than one timeout after another.
+            Err(Fault::Sql(error)) if unavailable::<DB>(&error).is_some() => {
+                let message = unavailable::<DB>(&error).unwrap_or_default();
+                tracing::warn!(%error, writes = writes.len(), "a batch of ledger writes failed: the database is unavailable");
+                writes
+                    .iter()
+                    .map(|_| Err(Fault::Store(StoreError::Unavailable(message.clone()))))
+                    .collect()
+            }
             Err(fault) => {
                 tracing::warn!(error = ?fault, writes = writes.len(), "a batch of ledger writes failed; writing them one by one");
                 let mut outcomes = Vec::with_capacity(writes.len());
@@ -278,14 +339,17 @@ impl<DB: Driver> Writer<DB> {
         } else {
             None
         };
-        let mut conn = match self.conn.take() {
+        // A connection kept idle for long goes back to the pool, which
+        // checks it (and its age) before handing one out again.
+        let fresh = self.used_at.elapsed() < KEEP_IDLE;
+        let mut conn = match self.conn.take().filter(|_| fresh) {
             Some(conn) => conn,
             None => self.pool.acquire().await?,
         };
         let outcome = apply_writes::<DB>(&mut conn, writes).await;
+        self.used_at = Instant::now();
         match &outcome {
             Err(Fault::Sql(error)) if !is_lost_race::<DB>(error) => conn.close_on_drop(),
-            Err(Fault::Store(_)) => conn.close_on_drop(),
             // A pool of one connection is not kept from its other users.
             _ if self.pool.options().get_max_connections() > 1 => self.conn = Some(conn),
             _ => {}

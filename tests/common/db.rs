@@ -195,9 +195,17 @@ impl TestDb {
     /// of its own (on SQLite, the database's one write lock), so that
     /// writers of that balance wait until it is released.
     pub async fn hold_balance_lock(&self, customer: &str) -> HeldLock {
-        let (kind, url) = (self.kind, self.url.clone());
-        let lock =
-            format!("SELECT balance FROM balances WHERE customer_id = '{customer}' FOR UPDATE");
+        self.hold_lock(&format!(
+            "SELECT balance FROM balances WHERE customer_id = '{customer}' FOR UPDATE"
+        ))
+        .await
+    }
+
+    /// Runs `lock` (a `SELECT … FOR UPDATE`) in a transaction of its own
+    /// connection and holds that transaction open (on SQLite, takes the
+    /// database's one write lock instead), until released.
+    pub async fn hold_lock(&self, lock: &str) -> HeldLock {
+        let (kind, url, lock) = (self.kind, self.url.clone(), lock.to_owned());
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let (taken, is_taken) = tokio::sync::oneshot::channel::<()>();
         let done = tokio::spawn(async move {

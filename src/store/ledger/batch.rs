@@ -85,7 +85,7 @@ impl LedgerWrite {
     }
 
     /// Whose ledger the write changes.
-    pub(super) fn customer(&self) -> &CustomerId {
+    pub(in crate::store) fn customer(&self) -> &CustomerId {
         match self {
             LedgerWrite::Reserve(r) => &r.customer_id,
             LedgerWrite::Settle(s) => &s.customer_id,
@@ -97,7 +97,7 @@ impl LedgerWrite {
     }
 
     /// The charge key of the call the write belongs to.
-    pub(super) fn charge_key(&self) -> &str {
+    pub(in crate::store) fn charge_key(&self) -> &str {
         match self {
             LedgerWrite::Reserve(r) => r.charge_key.as_str(),
             LedgerWrite::Settle(s) => s.charge_key.as_str(),
@@ -132,25 +132,35 @@ pub(in crate::store) async fn apply<DB: Driver>(
     let mut tx = conn.begin_with(DB::BEGIN_WRITE).await?;
     let credits: Vec<&LedgerWrite> = writes.iter().filter(|w| w.is_credits()).collect();
     let mut credit_outcomes = apply_in::<DB>(&mut tx, &credits).await?.into_iter();
-    let mut outcomes = Vec::with_capacity(writes.len());
-    for write in writes {
-        let outcome = match write {
-            LedgerWrite::Reserve(_) | LedgerWrite::Settle(_) => credit_outcomes
-                .next()
-                .unwrap_or_else(|| Err(refused("a credits write has no outcome".into()))),
-            LedgerWrite::Accrue(a) => Ok(LedgerOutcome::Accrue(accrue_in::<DB>(&mut tx, a).await?)),
-            LedgerWrite::TakeQuota(t) => {
-                Ok(LedgerOutcome::TakeQuota(take_in::<DB>(&mut tx, t).await?))
+    let mut outcomes: Vec<Option<Result<LedgerOutcome, Fault>>> = writes
+        .iter()
+        .map(|write| write.is_credits().then(|| credit_outcomes.next()).flatten())
+        .collect();
+    // The other writes customer by customer (each customer's in the order
+    // they came), so that two instances' batches take their rows' locks in
+    // the same order as far as they can.
+    let mut others: Vec<usize> = (0..writes.len())
+        .filter(|&n| !writes[n].is_credits())
+        .collect();
+    others.sort_by_key(|&n| writes[n].customer().as_str());
+    for n in others {
+        let outcome = match &writes[n] {
+            LedgerWrite::Accrue(a) => LedgerOutcome::Accrue(accrue_in::<DB>(&mut tx, a).await?),
+            LedgerWrite::TakeQuota(t) => LedgerOutcome::TakeQuota(take_in::<DB>(&mut tx, t).await?),
+            LedgerWrite::ReleaseQuota(r) => {
+                LedgerOutcome::ReleaseQuota(release_in::<DB>(&mut tx, r).await?)
             }
-            LedgerWrite::ReleaseQuota(r) => Ok(LedgerOutcome::ReleaseQuota(
-                release_in::<DB>(&mut tx, r).await?,
-            )),
             LedgerWrite::MeterUsage(u) => {
-                Ok(LedgerOutcome::MeterUsage(meter_in::<DB>(&mut tx, u).await?))
+                LedgerOutcome::MeterUsage(meter_in::<DB>(&mut tx, u).await?)
             }
+            LedgerWrite::Reserve(_) | LedgerWrite::Settle(_) => continue,
         };
-        outcomes.push(outcome);
+        outcomes[n] = Some(Ok(outcome));
     }
+    let outcomes = outcomes
+        .into_iter()
+        .map(|outcome| outcome.unwrap_or_else(|| Err(refused("a write has no outcome".into()))))
+        .collect();
     tx.commit().await?;
     Ok(outcomes)
 }
