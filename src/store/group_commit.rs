@@ -37,6 +37,9 @@ use super::ledger::{LedgerOutcome, LedgerWrite, apply_writes, max_batch, run_aga
 /// How long the writer keeps an idle connection before it goes back to the
 /// pool.
 const KEEP_IDLE: Duration = Duration::from_secs(10);
+/// What is logged when the undoing of a departed caller's write fails.
+const UNDO_FAILED: &str = "could not undo the write of a caller that went away (a reservation \
+     is refunded by the sweep of held reservations; a quota take stays counted in its period)";
 /// How many writes may wait for the writer before callers wait to queue.
 const QUEUE: usize = 4096;
 /// Why a reservation whose caller went away is refunded (the billing
@@ -81,8 +84,7 @@ impl GroupCommit {
         let (reply, outcome) = oneshot::channel();
         let mut waiting = Waiting {
             outcome,
-            holding: write.holds().then(|| write.clone()),
-            jobs: self.jobs.clone(),
+            holding: write.holds().then(|| (write.clone(), self.jobs.clone())),
         };
         let job = Job {
             write,
@@ -103,14 +105,14 @@ impl GroupCommit {
 struct Waiting {
     outcome: oneshot::Receiver<Result<LedgerOutcome, Fault>>,
     /// The write waited for, if it holds something for a call not yet
-    /// forwarded; `None` once its outcome was taken.
-    holding: Option<LedgerWrite>,
-    jobs: mpsc::Sender<Job>,
+    /// forwarded, with the way to the writer to undo it; `None` once its
+    /// outcome was taken.
+    holding: Option<(LedgerWrite, mpsc::Sender<Job>)>,
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        let Some(write) = self.holding.take() else {
+        let Some((write, jobs)) = self.holding.take() else {
             return;
         };
         self.outcome.close();
@@ -122,22 +124,21 @@ impl Drop for Waiting {
         else {
             return;
         };
-        let Err(error) = self.jobs.try_send(undo) else {
+        let Err(error) = jobs.try_send(undo) else {
             return;
         };
         let undo = match error {
             mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => job,
         };
-        let jobs = self.jobs.clone();
         // No runtime (it is gone) or no writer: a reservation is refunded
         // by the sweep of held reservations later.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn(async move {
                 if jobs.send(undo).await.is_err() {
-                    tracing::warn!("could not undo the write of a caller that went away (a reservation is refunded by the sweep of held reservations; a quota take stays counted in its period)");
+                    tracing::warn!("{UNDO_FAILED}");
                 }
             })),
-            Err(_) => tracing::warn!("could not undo the write of a caller that went away (a reservation is refunded by the sweep of held reservations; a quota take stays counted in its period)"),
+            Err(_) => tracing::warn!("{UNDO_FAILED}"),
         }
     }
 }
@@ -179,7 +180,7 @@ fn undo_of(write: LedgerWrite, outcome: &Result<LedgerOutcome, Fault>) -> Option
 /// The calls (customer, charge key) that a write of the batch found already
 /// held — a repeat of a call whose reservation or take is in the batch.
 fn repeats(
-    writes: &[LedgerWrite],
+    writes: &[&LedgerWrite],
     outcomes: &[Result<LedgerOutcome, Fault>],
 ) -> HashSet<(String, String)> {
     writes
@@ -240,7 +241,7 @@ impl<DB: Driver> Writer<DB> {
             if jobs.is_empty() {
                 continue;
             }
-            let writes: Vec<LedgerWrite> = jobs.iter().map(|job| job.write.clone()).collect();
+            let writes: Vec<&LedgerWrite> = jobs.iter().map(|job| &job.write).collect();
             let outcomes = self.batch(&writes).await;
             let repeats = repeats(&writes, &outcomes);
             for (job, outcome) in jobs.into_iter().zip(outcomes) {
@@ -260,7 +261,7 @@ impl<DB: Driver> Writer<DB> {
     ) {
         let Some(reply) = job.reply else {
             if let Err(fault) = outcome {
-                tracing::warn!(error = ?fault, write = ?job.write, "could not undo the write of a caller that went away (a reservation is refunded by the sweep of held reservations; a quota take stays counted in its period)");
+                tracing::warn!(error = ?fault, write = ?job.write, "{UNDO_FAILED}");
             }
             return;
         };
@@ -281,14 +282,13 @@ impl<DB: Driver> Writer<DB> {
 
     /// The outcome of every write: one transaction for all of them, or,
     /// when that fails, one for each.
-    async fn batch(&mut self, writes: &[LedgerWrite]) -> Vec<Result<LedgerOutcome, Fault>> {
+    async fn batch(&mut self, writes: &[&LedgerWrite]) -> Vec<Result<LedgerOutcome, Fault>> {
         match self.transaction(writes).await {
             Ok(outcomes) => outcomes,
             Err(fault) if writes.len() == 1 => vec![Err(fault)],
             // The database cannot serve: every write gets that answer now
             // rather than one timeout after another.
-            Err(Fault::Sql(error)) if unavailable::<DB>(&error).is_some() => {
-                let message = unavailable::<DB>(&error).unwrap_or_default();
+            Err(Fault::Sql(error)) if let Some(message) = unavailable::<DB>(&error) => {
                 tracing::warn!(%error, writes = writes.len(), "a batch of ledger writes failed: the database is unavailable");
                 writes
                     .iter()
@@ -312,7 +312,7 @@ impl<DB: Driver> Writer<DB> {
     /// Runs `writes` in one transaction, again while it loses races.
     async fn transaction(
         &mut self,
-        writes: &[LedgerWrite],
+        writes: &[&LedgerWrite],
     ) -> Result<Vec<Result<LedgerOutcome, Fault>>, Fault> {
         let mut attempt = 1;
         loop {
@@ -332,7 +332,7 @@ impl<DB: Driver> Writer<DB> {
 
     async fn once(
         &mut self,
-        writes: &[LedgerWrite],
+        writes: &[&LedgerWrite],
     ) -> Result<Vec<Result<LedgerOutcome, Fault>>, Fault> {
         let _turn = if DB::ONE_WRITER {
             Some(self.turn.lock().await)

@@ -124,13 +124,13 @@ impl LedgerWrite {
 /// failed and nothing was written.
 pub(in crate::store) async fn apply<DB: Driver>(
     conn: &mut DB::Connection,
-    writes: &[LedgerWrite],
+    writes: &[&LedgerWrite],
 ) -> Result<Vec<Result<LedgerOutcome, Fault>>, Fault> {
     if let Some(isolation) = DB::BATCH_ISOLATION {
         sqlx::raw_sql(isolation).execute(conn.executor()).await?;
     }
     let mut tx = conn.begin_with(DB::BEGIN_WRITE).await?;
-    let credits: Vec<&LedgerWrite> = writes.iter().filter(|w| w.is_credits()).collect();
+    let credits: Vec<&LedgerWrite> = writes.iter().copied().filter(|w| w.is_credits()).collect();
     let mut credit_outcomes = apply_in::<DB>(&mut tx, &credits).await?.into_iter();
     let mut outcomes: Vec<Option<Result<LedgerOutcome, Fault>>> = writes
         .iter()
@@ -144,7 +144,7 @@ pub(in crate::store) async fn apply<DB: Driver>(
         .collect();
     others.sort_by_key(|&n| writes[n].customer().as_str());
     for n in others {
-        let outcome = match &writes[n] {
+        let outcome = match writes[n] {
             LedgerWrite::Accrue(a) => LedgerOutcome::Accrue(accrue_in::<DB>(&mut tx, a).await?),
             LedgerWrite::TakeQuota(t) => LedgerOutcome::TakeQuota(take_in::<DB>(&mut tx, t).await?),
             LedgerWrite::ReleaseQuota(r) => {
